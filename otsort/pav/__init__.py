@@ -1,0 +1,1 @@
+"""The ``pav`` backend: permutahedron projections solved by isotonic regression (Pool Adjacent Violators)."""

@@ -1,0 +1,157 @@
+"""The PAV projections in pure JAX: the fallback where no native kernel runs, and the oracle of the tests.
+
+Same algorithm, same numerics and same outputs as the native core (``csrc/pav_core.h``): a stable descending
+sort, then Pool Adjacent Violators with a stack of blocks, in a ``lax.fori_loop`` over the sorted positions with
+a ``lax.while_loop`` popping violated blocks. Blocks are compared through differences taken within each scale,
+and log-sum-exps are kept as (max, log of the rest) pairs; see the header for why.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+class _L2(NamedTuple):
+  sum_a: jax.Array
+  sum_b: jax.Array
+  count: jax.Array
+
+  @staticmethod
+  def make(a, b):
+    return _L2(a, b, jnp.ones_like(a))
+
+  def merge(self, other):
+    return _L2(self.sum_a + other.sum_a, self.sum_b + other.sum_b, self.count + other.count)
+
+  def violated_by(self, nxt):
+    da = self.sum_a / self.count - nxt.sum_a / nxt.count
+    db = self.sum_b / self.count - nxt.sum_b / nxt.count
+    return da < db
+
+  def solution(self, a):
+    return (a - self.sum_a / self.count) + self.sum_b / self.count
+
+
+def _lse_merge(max_x, rest_x, max_y, rest_y):
+  m = jnp.maximum(max_x, max_y)
+  u = (max_x - m) + rest_x
+  w = (max_y - m) + rest_y
+  hi = jnp.maximum(u, w)
+  lo = jnp.minimum(u, w)
+  return m, hi + jnp.log1p(jnp.exp(lo - hi))
+
+
+class _KL(NamedTuple):
+  max_a: jax.Array
+  rest_a: jax.Array
+  max_b: jax.Array
+  rest_b: jax.Array
+
+  @staticmethod
+  def make(a, b):
+    zero = jnp.zeros_like(a)
+    return _KL(a, zero, b, zero)
+
+  def merge(self, other):
+    return _KL(*_lse_merge(self.max_a, self.rest_a, other.max_a, other.rest_a),
+               *_lse_merge(self.max_b, self.rest_b, other.max_b, other.rest_b))
+
+  def violated_by(self, nxt):
+    da = (self.max_a - nxt.max_a) + (self.rest_a - nxt.rest_a)
+    db = (self.max_b - nxt.max_b) + (self.rest_b - nxt.rest_b)
+    return da < db
+
+  def solution(self, a):
+    return ((a - self.max_a) - self.rest_a) + (self.max_b + self.rest_b)
+
+
+def _pav_row(a: jax.Array, b: jax.Array, stats_type) -> tuple[jax.Array, jax.Array]:
+  """PAV on one row; returns (a_i - v_{B(i)}, start of the block of i), both per sorted position."""
+  n = a.shape[0]
+  leaves = stats_type.make(a, b)  # per-position leaves; also the storage shape of the stack
+
+  def push(i, carry):
+    m, start, stack = carry
+    cur = jax.tree.map(lambda leaf: leaf[i], leaves)
+
+    def violated(state):
+      m, cur, _ = state
+      prev = jax.tree.map(lambda s: s[jnp.maximum(m - 1, 0)], stack)
+      return (m > 0) & prev.violated_by(cur)
+
+    def pop(state):
+      m, cur, _ = state
+      prev = jax.tree.map(lambda s: s[m - 1], stack)
+      return m - 1, prev.merge(cur), start[m - 1]
+
+    m, cur, cur_start = lax.while_loop(violated, pop, (m, cur, i))
+    start = start.at[m].set(cur_start)
+    stack = jax.tree.map(lambda s, c: s.at[m].set(c), stack, cur)
+    return m + 1, start, stack
+
+  init = (jnp.int32(0), jnp.zeros(n, jnp.int32), leaves)
+  num_blocks, start, stack = lax.fori_loop(0, n, push, init)
+
+  # Expand the stack to positions: position i lies in the last block starting at or before i.
+  position = jnp.arange(n, dtype=jnp.int32)
+  is_live = position < num_blocks
+  marks = jnp.zeros(n, jnp.int32).at[jnp.where(is_live, start, n)].set(position, mode="drop")
+  stack_index = lax.cummax(marks)  # index into the stack; start[0] = 0, so it is defined everywhere
+  block_start = start[stack_index]
+  stats = jax.tree.map(lambda s: s[stack_index], stack)
+  return stats.solution(a), block_start
+
+
+def _descending_order(x: jax.Array) -> jax.Array:
+  # Stable, ties in input order (like the native radix sort); -0.0 and 0.0 compare equal.
+  return jnp.argsort(-jnp.where(x == 0, jnp.zeros_like(x), x), axis=-1, stable=True)
+
+
+def _rows(fn: Callable, x: jax.Array):
+  """Applies a one-row function to every row of ``[..., n]``, with NaN rows for non-finite inputs."""
+  n = x.shape[-1]
+  flat = x.reshape(-1, n)
+  outs = jax.vmap(fn)(flat)
+  finite = jnp.all(jnp.isfinite(flat), axis=-1, keepdims=True)
+  valid_ids = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), flat.shape)
+  outs = tuple(
+      jnp.where(finite, o, jnp.nan if jnp.issubdtype(o.dtype, jnp.floating) else valid_ids) for o in outs)
+  return tuple(o.reshape(x.shape) for o in outs)
+
+
+def _stats_type(kl: bool):
+  return _KL if kl else _L2
+
+
+def ranks(z: jax.Array, *, kl: bool) -> tuple[jax.Array, jax.Array]:
+  """Pure-JAX twin of :func:`otsort.pav._kernels.ranks`."""
+  n = z.shape[-1]
+  rho = jnp.arange(n, 0, -1).astype(z.dtype)
+  target = jnp.log(rho) if kl else rho
+
+  def row(zr):
+    perm = _descending_order(zr)
+    solution, block = _pav_row(zr[perm], target, _stats_type(kl))
+    value = jnp.exp(solution) if kl else solution
+    unsort = lambda v: jnp.zeros_like(v).at[perm].set(v)
+    return unsort(value), unsort(block)
+
+  return _rows(row, z)
+
+
+def sort(x: jax.Array, *, kl: bool, epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Pure-JAX twin of :func:`otsort.pav._kernels.sort`."""
+  n = x.shape[-1]
+  scaled_rho = jnp.arange(n, 0, -1).astype(x.dtype) * (1.0 / epsilon)
+
+  def row(xr):
+    perm = _descending_order(xr)
+    solution, block_out = _pav_row(scaled_rho, xr[perm], _stats_type(kl))
+    block_in = jnp.zeros_like(block_out).at[perm].set(block_out)
+    return solution, block_in, block_out
+
+  return _rows(row, x)

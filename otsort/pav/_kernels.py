@@ -1,0 +1,86 @@
+"""Bindings of the native PAV kernels (XLA FFI custom calls): loading, registration and calls.
+
+The compiled libraries are private. ``_pav_cpu`` is always built; ``_pav_cuda`` only where a CUDA compiler was
+found. They are loaded and registered with XLA on first use, so ``import otsort`` works without them.
+
+Both handlers take rows ``[..., n]`` (every leading dimension is a batch dimension) and return, besides the
+projection, the block structure of the isotonic solution: the block id of each element is the sorted position
+where its block starts. The derivatives in :mod:`otsort.pav._projections` are built from those ids.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_RANKS_TARGET = "otsort_pav_ranks"
+_SORT_TARGET = "otsort_pav_sort"
+
+# platform as JAX names it -> (library, ranks symbol, sort symbol, platform as XLA registers it)
+_LIBRARIES = {
+    "cpu": ("_pav_cpu", "OtsortPavRanksCpu", "OtsortPavSortCpu", "cpu"),
+    "cuda": ("_pav_cuda", "OtsortPavRanksCuda", "OtsortPavSortCuda", "CUDA"),
+}
+
+
+def _library_path(stem: str) -> pathlib.Path | None:
+  # Search every folder of the package: an editable install keeps the compiled files apart from the sources.
+  spec = importlib.util.find_spec("otsort.pav")
+  folders = list(spec.submodule_search_locations or []) if spec else []
+  folders.append(str(pathlib.Path(__file__).parent))
+  for folder in folders:
+    for suffix in (".so", ".dylib", ".dll"):
+      candidate = pathlib.Path(folder) / f"{stem}{suffix}"
+      if candidate.exists():
+        return candidate
+  return None
+
+
+@functools.cache
+def _register(platform: str) -> str | None:
+  """Loads and registers the kernels for ``platform``; returns None, or why they are unavailable."""
+  if platform not in _LIBRARIES:
+    return f"otsort has no native PAV kernel for platform {platform!r}"
+  stem, ranks_symbol, sort_symbol, xla_platform = _LIBRARIES[platform]
+  path = _library_path(stem)
+  if path is None:
+    return f"the native PAV library {stem} was not built (reinstall otsort with a compiler for {platform})"
+  try:
+    library = ctypes.cdll.LoadLibrary(str(path))
+  except OSError as error:
+    return f"the native PAV library {path} could not be loaded: {error}"
+  for target, symbol in ((_RANKS_TARGET, ranks_symbol), (_SORT_TARGET, sort_symbol)):
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform=xla_platform)
+  return None
+
+
+def unavailable_reason(platform: str) -> str | None:
+  """None when the native kernels run on ``platform`` ("cpu", "cuda", ...), otherwise why not."""
+  return _register(platform)
+
+
+def ranks(z: jax.Array, *, kl: bool) -> tuple[jax.Array, jax.Array]:
+  """P(z, rho), rho = (n, ..., 1), for each row of ``z`` ``[..., n]``: (1-based soft ranks, block ids)."""
+  call = jax.ffi.ffi_call(
+      _RANKS_TARGET,
+      (jax.ShapeDtypeStruct(z.shape, z.dtype), jax.ShapeDtypeStruct(z.shape, jnp.int32)),
+      vmap_method="broadcast_all",
+  )
+  return call(z, kl=np.bool_(kl))
+
+
+def sort(x: jax.Array, *, kl: bool, epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """P(rho / epsilon, x) for each row: (values in decreasing order, block id per input, per output)."""
+  ids = jax.ShapeDtypeStruct(x.shape, jnp.int32)
+  call = jax.ffi.ffi_call(
+      _SORT_TARGET,
+      (jax.ShapeDtypeStruct(x.shape, x.dtype), ids, ids),
+      vmap_method="broadcast_all",
+  )
+  return call(x, kl=np.bool_(kl), epsilon=np.float64(epsilon))

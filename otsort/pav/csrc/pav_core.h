@@ -1,0 +1,182 @@
+// The algorithm core of the PAV backend, shared by the CPU and the CUDA handlers.
+//
+// Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020, reduce the
+// projections onto the permutahedron to a decreasing isotonic regression in the sorted domain:
+//
+//   L2:  v = argmin_{v_1 >= ... >= v_n} 1/2 ||v - (a - b)||^2,          block value  mean(a_B) - mean(b_B)
+//   KL:  v = argmin_{v_1 >= ... >= v_n} <exp(a - v), 1> + <exp(b), v>,  block value  LSE(a_B) - LSE(b_B)
+//
+// solved by Pool Adjacent Violators in O(n). The projection is then a_i - v_{B(i)}.
+// Everything here is header-only and __host__ __device__, so the CPU tests run the code the GPU runs.
+//
+// Numerics: a and b may live on very different scales (a = x / epsilon with epsilon = 1e-6, b = log(rank)).
+// So block values are never formed as one number: two blocks are compared through the differences
+// a-part(p) - a-part(c) versus b-part(p) - b-part(c), each taken within its own scale, and the solution is
+// written as (a_i - center(a_B)) + center(b_B). Log-sum-exps are kept as (max, log of the rest) pairs.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define OTSORT_HD __host__ __device__ inline
+#else
+#define OTSORT_HD inline
+#endif
+
+namespace otsort {
+
+// Quadratic regularization: block statistics are sums.
+struct L2 {
+  static constexpr bool kLogDomain = false;
+
+  struct Stats {
+    double sum_a;
+    double sum_b;
+    int32_t count;
+  };
+
+  OTSORT_HD static Stats make(double a, double b) { return {a, b, 1}; }
+
+  OTSORT_HD static Stats merge(const Stats& p, const Stats& c) {
+    return {p.sum_a + c.sum_a, p.sum_b + c.sum_b, p.count + c.count};
+  }
+
+  // True when the block before (p) has a smaller value than the block after (c): v must decrease.
+  OTSORT_HD static bool violated(const Stats& p, const Stats& c) {
+    const double da = p.sum_a / p.count - c.sum_a / c.count;
+    const double db = p.sum_b / p.count - c.sum_b / c.count;
+    return da < db;
+  }
+
+  // a_i - v_B, in the sorted domain.
+  OTSORT_HD static double solution(double a, const Stats& s) {
+    return (a - s.sum_a / s.count) + s.sum_b / s.count;
+  }
+};
+
+// log(sum(exp(.))) of a block, as max + log_rest with log_rest in [0, log n].
+struct LogSumExp {
+  double max;
+  double log_rest;
+};
+
+OTSORT_HD LogSumExp lse_leaf(double x) { return {x, 0.0}; }
+
+OTSORT_HD LogSumExp lse_merge(const LogSumExp& x, const LogSumExp& y) {
+  const double m = x.max > y.max ? x.max : y.max;
+  const double u = (x.max - m) + x.log_rest;
+  const double w = (y.max - m) + y.log_rest;
+  const double hi = u > w ? u : w;
+  const double lo = u > w ? w : u;
+  return {m, hi + log1p(exp(lo - hi))};
+}
+
+// x - y for two log-sum-exps, differences of maxima taken first.
+OTSORT_HD double lse_diff(const LogSumExp& x, const LogSumExp& y) {
+  return (x.max - y.max) + (x.log_rest - y.log_rest);
+}
+
+// Entropic (KL) regularization: block statistics are log-sum-exps.
+struct KL {
+  static constexpr bool kLogDomain = true;
+
+  struct Stats {
+    LogSumExp a;
+    LogSumExp b;
+  };
+
+  OTSORT_HD static Stats make(double a, double b) { return {lse_leaf(a), lse_leaf(b)}; }
+
+  OTSORT_HD static Stats merge(const Stats& p, const Stats& c) {
+    return {lse_merge(p.a, c.a), lse_merge(p.b, c.b)};
+  }
+
+  OTSORT_HD static bool violated(const Stats& p, const Stats& c) {
+    return lse_diff(p.a, c.a) < lse_diff(p.b, c.b);
+  }
+
+  // a_i - v_B, the projection in the log domain.
+  OTSORT_HD static double solution(double a, const Stats& s) {
+    return ((a - s.a.max) - s.a.log_rest) + (s.b.max + s.b.log_rest);
+  }
+};
+
+// Pool Adjacent Violators on the sequences a(i), b(i), i = 0..n-1 (any callables).
+// Writes the blocks as a stack: start[k] is the first position of block k, stats[k] its statistics.
+// Returns the number of blocks. Each position is pushed once and popped at most once: O(n), and a NaN
+// comparison is false, so the loop ends on any input.
+template <class Reg, class SeqA, class SeqB>
+OTSORT_HD int32_t pool_adjacent_violators(int32_t n, const SeqA& a, const SeqB& b, int32_t* start,
+                                          typename Reg::Stats* stats) {
+  int32_t m = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    typename Reg::Stats cur = Reg::make(a(i), b(i));
+    int32_t cur_start = i;
+    while (m > 0 && Reg::violated(stats[m - 1], cur)) {
+      --m;
+      cur = Reg::merge(stats[m], cur);
+      cur_start = start[m];
+    }
+    start[m] = cur_start;
+    stats[m] = cur;
+    ++m;
+  }
+  return m;
+}
+
+// Calls emit(position, block_start, stats) for every sorted position, block by block.
+template <class Reg, class Emit>
+OTSORT_HD void for_each_position(int32_t n, int32_t num_blocks, const int32_t* start,
+                                 const typename Reg::Stats* stats, const Emit& emit) {
+  for (int32_t k = 0; k < num_blocks; ++k) {
+    const int32_t end = k + 1 < num_blocks ? start[k + 1] : n;
+    for (int32_t i = start[k]; i < end; ++i) emit(i, start[k], stats[k]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The two projections of the paper, one row each, in the sorted domain. `sorted` holds the row in decreasing
+// order and `perm[i]` the input position of sorted[i]. Block ids are the sorted position where a block starts.
+// Workspace: `start` and `stats` of n entries each.
+
+// Soft ranks, P(z, rho) with rho = (n, n-1, ..., 1): L2 gives z - v, KL gives exp(z - v) with b = log(rho).
+// out and block are in input order.
+template <class Reg, class T>
+OTSORT_HD void project_ranks_row(int32_t n, const T* sorted, const int32_t* perm, int32_t* start,
+                                 typename Reg::Stats* stats, T* out, int32_t* block) {
+  constexpr bool exp_output = Reg::kLogDomain;
+  auto a = [&](int32_t i) { return static_cast<double>(sorted[i]); };
+  auto b = [&](int32_t i) {
+    const double rho = static_cast<double>(n - i);
+    return exp_output ? log(rho) : rho;
+  };
+  const int32_t m = pool_adjacent_violators<Reg>(n, a, b, start, stats);
+  for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
+    const double r = Reg::solution(a(i), s);
+    out[perm[i]] = static_cast<T>(exp_output ? exp(r) : r);
+    block[perm[i]] = block_start;
+  });
+}
+
+// Soft sort, P(rho / epsilon, s) for the row s: rho / epsilon projected onto the permutahedron of s.
+// out and block_out are in sorted order, block_in in input order.
+template <class Reg, class T>
+OTSORT_HD void project_sort_row(int32_t n, const T* sorted, const int32_t* perm, double inv_epsilon,
+                                int32_t* start, typename Reg::Stats* stats, T* out, int32_t* block_in,
+                                int32_t* block_out) {
+  auto a = [&](int32_t i) { return static_cast<double>(n - i) * inv_epsilon; };
+  auto b = [&](int32_t i) { return static_cast<double>(sorted[i]); };
+  const int32_t m = pool_adjacent_violators<Reg>(n, a, b, start, stats);
+  for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
+    out[i] = static_cast<T>(Reg::solution(a(i), s));
+    block_out[i] = block_start;
+    block_in[perm[i]] = block_start;
+  });
+}
+
+// Workspace bytes per element for the PAV stack (start + stats), the larger of the two regularizations.
+constexpr int64_t kStackBytesPerElement =
+    sizeof(int32_t) + (sizeof(L2::Stats) > sizeof(KL::Stats) ? sizeof(L2::Stats) : sizeof(KL::Stats));
+
+}  // namespace otsort

@@ -1,0 +1,210 @@
+// XLA FFI handlers for the CPU: sort each row, run the shared PAV core, write the projection.
+// Rows run in parallel on XLA's intra-op thread pool.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "cpu_sort.h"
+#include "pav_core.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace otsort {
+namespace {
+
+// Runs body(row) for every row, on the calling thread and on the pool. The caller takes chunks too and only
+// waits for chunks that a running thread has claimed, so a busy (or absent) pool cannot deadlock it, and a
+// helper that starts after the call returned finds no chunk left and touches nothing.
+template <class Body>
+void parallel_rows(ffi::ThreadPool& pool, int64_t rows, int64_t n, const Body& body) {
+  constexpr int64_t kElementsPerChunk = 1 << 14;
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kElementsPerChunk / std::max<int64_t>(n, 1));
+  const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mutex;
+    std::condition_variable finished;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, chunks, rows, rows_per_chunk, &body] {
+    int64_t c;
+    while ((c = state->next.fetch_add(1)) < chunks) {
+      const int64_t end = std::min(rows, (c + 1) * rows_per_chunk);
+      for (int64_t r = c * rows_per_chunk; r < end; ++r) body(r);
+      if (state->done.fetch_add(1) + 1 == chunks) {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        state->finished.notify_all();
+      }
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));  // a copy: Schedule takes ownership
+  work();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->finished.wait(lock, [&] { return state->done.load() == chunks; });
+}
+
+template <class T>
+bool all_finite(int32_t n, const T* x) {
+  for (int32_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) return false;
+  }
+  return true;
+}
+
+// A row with a NaN or an infinity has no projection: it becomes NaN, with each element its own block so the
+// derivative code sees valid ids, and the other rows are untouched.
+template <class T>
+void fill_invalid_row(int32_t n, T* out, int32_t* block_a, int32_t* block_b) {
+  for (int32_t i = 0; i < n; ++i) {
+    out[i] = std::numeric_limits<T>::quiet_NaN();
+    block_a[i] = i;
+    if (block_b != nullptr) block_b[i] = i;
+  }
+}
+
+// Per-thread buffers, grown on demand and reused across rows and calls.
+template <class T>
+struct RowScratch {
+  SortScratch<T> sort;
+  std::vector<T> sorted;
+  std::vector<int32_t> perm;
+  std::vector<int32_t> start;
+  std::vector<char> stats;
+  void reserve(int64_t n) {
+    sorted.resize(n);
+    perm.resize(n);
+    start.resize(n);
+    stats.resize(n * std::max(sizeof(L2::Stats), sizeof(KL::Stats)));
+  }
+  static RowScratch& local() {
+    thread_local RowScratch scratch;
+    return scratch;
+  }
+};
+
+template <class T, class Reg>
+void ranks_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, const T* z, T* out, int32_t* block) {
+  parallel_rows(pool, rows, n, [&](int64_t r) {
+    const T* zr = z + r * n;
+    T* out_r = out + r * n;
+    int32_t* block_r = block + r * n;
+    if (!all_finite(n, zr)) return fill_invalid_row(n, out_r, block_r, static_cast<int32_t*>(nullptr));
+    auto& s = RowScratch<T>::local();
+    s.reserve(n);
+    sort_descending(n, zr, s.sorted.data(), s.perm.data(), s.sort);
+    project_ranks_row<Reg>(n, s.sorted.data(), s.perm.data(), s.start.data(),
+                           reinterpret_cast<typename Reg::Stats*>(s.stats.data()), out_r, block_r);
+  });
+}
+
+template <class T, class Reg>
+void sort_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, const T* x, double inv_epsilon, T* out,
+               int32_t* block_in, int32_t* block_out) {
+  parallel_rows(pool, rows, n, [&](int64_t r) {
+    const T* xr = x + r * n;
+    T* out_r = out + r * n;
+    int32_t* in_r = block_in + r * n;
+    int32_t* out_block_r = block_out + r * n;
+    if (!all_finite(n, xr)) return fill_invalid_row(n, out_r, in_r, out_block_r);
+    auto& s = RowScratch<T>::local();
+    s.reserve(n);
+    sort_descending(n, xr, s.sorted.data(), s.perm.data(), s.sort);
+    project_sort_row<Reg>(n, s.sorted.data(), s.perm.data(), inv_epsilon, s.start.data(),
+                          reinterpret_cast<typename Reg::Stats*>(s.stats.data()), out_r, in_r, out_block_r);
+  });
+}
+
+// Splits [..., n] into rows; rejects rows the int32 block ids cannot index.
+ffi::Error row_shape(ffi::AnyBuffer x, int64_t* rows, int32_t* n) {
+  const auto dims = x.dimensions();
+  if (dims.size() == 0) return ffi::Error::InvalidArgument("otsort pav: the input must have at least one dimension");
+  const int64_t last = dims.back();
+  if (last > INT32_MAX) return ffi::Error::InvalidArgument("otsort pav: rows longer than 2^31 - 1 are not supported");
+  *n = static_cast<int32_t>(last);
+  *rows = last == 0 ? 0 : static_cast<int64_t>(x.element_count()) / last;
+  return ffi::Error::Success();
+}
+
+ffi::Error unsupported_dtype() {
+  return ffi::Error::InvalidArgument("otsort pav: only float32 and float64 inputs are supported");
+}
+
+ffi::Error PavRanksImpl(ffi::ThreadPool pool, ffi::AnyBuffer z, bool kl, ffi::Result<ffi::AnyBuffer> out,
+                        ffi::Result<ffi::Buffer<ffi::S32>> block) {
+  int64_t rows;
+  int32_t n;
+  if (auto error = row_shape(z, &rows, &n); error.failure()) return error;
+  int32_t* b = block->typed_data();
+  switch (z.element_type()) {
+    case ffi::F32:
+      (kl ? ranks_rows<float, KL> : ranks_rows<float, L2>)(pool, rows, n, z.typed_data<float>(),
+                                                           out->typed_data<float>(), b);
+      return ffi::Error::Success();
+    case ffi::F64:
+      (kl ? ranks_rows<double, KL> : ranks_rows<double, L2>)(pool, rows, n, z.typed_data<double>(),
+                                                             out->typed_data<double>(), b);
+      return ffi::Error::Success();
+    default:
+      return unsupported_dtype();
+  }
+}
+
+ffi::Error PavSortImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, bool kl, double epsilon,
+                       ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::S32>> block_in,
+                       ffi::Result<ffi::Buffer<ffi::S32>> block_out) {
+  if (!(epsilon > 0) || !std::isfinite(epsilon)) {
+    return ffi::Error::InvalidArgument("otsort pav: epsilon must be positive and finite");
+  }
+  int64_t rows;
+  int32_t n;
+  if (auto error = row_shape(x, &rows, &n); error.failure()) return error;
+  int32_t* bi = block_in->typed_data();
+  int32_t* bo = block_out->typed_data();
+  switch (x.element_type()) {
+    case ffi::F32:
+      (kl ? sort_rows<float, KL> : sort_rows<float, L2>)(pool, rows, n, x.typed_data<float>(), 1.0 / epsilon,
+                                                         out->typed_data<float>(), bi, bo);
+      return ffi::Error::Success();
+    case ffi::F64:
+      (kl ? sort_rows<double, KL> : sort_rows<double, L2>)(pool, rows, n, x.typed_data<double>(), 1.0 / epsilon,
+                                                           out->typed_data<double>(), bi, bo);
+      return ffi::Error::Success();
+    default:
+      return unsupported_dtype();
+  }
+}
+
+}  // namespace
+}  // namespace otsort
+
+// The library is built with hidden visibility; only the handlers are exported.
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavRanksCpu(XLA_FFI_CallFrame*);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavSortCpu(XLA_FFI_CallFrame*);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavRanksCpu, otsort::PavRanksImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()          // z = x / epsilon (sign applied), [..., n]
+                                  .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
+                                  .Ret<ffi::AnyBuffer>()          // 1-based soft ranks, input order
+                                  .Ret<ffi::Buffer<ffi::S32>>());  // block id of each element, input order
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavSortCpu, otsort::PavSortImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()          // x (sign applied), [..., n]
+                                  .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
+                                  .Attr<double>("epsilon")        // regularization strength, > 0
+                                  .Ret<ffi::AnyBuffer>()          // soft sort, decreasing order
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // block id of each input element
+                                  .Ret<ffi::Buffer<ffi::S32>>());  // block id of each sorted position
