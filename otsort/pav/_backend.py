@@ -63,7 +63,7 @@ def parse_options(options: dict) -> PavOptions:
 
 def ranks(x: jax.Array, *, descending: bool, epsilon: float, options: PavOptions) -> jax.Array:
   scale = (-1.0 if descending else 1.0) / epsilon
-  r, _ = _projections.project_ranks(x * scale, options.kl, options.impl)
+  r, _ = _projections.project_scores(x * scale, options.kl, 0, options.impl)
   return r - 1  # the paper's ranks are 1-based
 
 

@@ -42,7 +42,10 @@ def _lse_merge(max_x, rest_x, max_y, rest_y):
   w = (max_y - m) + rest_y
   hi = jnp.maximum(u, w)
   lo = jnp.minimum(u, w)
-  return m, hi + jnp.log1p(jnp.exp(lo - hi))
+  rest = hi + jnp.log1p(jnp.exp(lo - hi))
+  # log(0) = -inf stands for an empty sum (a zero in the top-k target); -inf - -inf would be NaN.
+  rest = jnp.where(max_x == -jnp.inf, rest_y, jnp.where(max_y == -jnp.inf, rest_x, rest))
+  return m, rest
 
 
 class _KL(NamedTuple):
@@ -127,11 +130,12 @@ def _stats_type(kl: bool):
   return _KL if kl else _L2
 
 
-def ranks(z: jax.Array, *, kl: bool) -> tuple[jax.Array, jax.Array]:
-  """Pure-JAX twin of :func:`otsort.pav._kernels.ranks`."""
+def scores(z: jax.Array, *, kl: bool, topk: int) -> tuple[jax.Array, jax.Array]:
+  """Pure-JAX twin of :func:`otsort.pav._kernels.scores`."""
   n = z.shape[-1]
-  rho = jnp.arange(n, 0, -1).astype(z.dtype)
-  target = jnp.log(rho) if kl else rho
+  position = jnp.arange(n)
+  w = (n - position if topk == 0 else position < topk).astype(z.dtype)
+  target = jnp.log(w) if kl else w
 
   def row(zr):
     perm = _descending_order(zr)

@@ -19,13 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_RANKS_TARGET = "otsort_pav_ranks"
+_SCORES_TARGET = "otsort_pav_scores"
 _SORT_TARGET = "otsort_pav_sort"
 
-# platform as JAX names it -> (library, ranks symbol, sort symbol, platform as XLA registers it)
+# platform as JAX names it -> (library, scores symbol, sort symbol, platform as XLA registers it)
 _LIBRARIES = {
-    "cpu": ("_pav_cpu", "OtsortPavRanksCpu", "OtsortPavSortCpu", "cpu"),
-    "cuda": ("_pav_cuda", "OtsortPavRanksCuda", "OtsortPavSortCuda", "CUDA"),
+    "cpu": ("_pav_cpu", "OtsortPavScoresCpu", "OtsortPavSortCpu", "cpu"),
+    "cuda": ("_pav_cuda", "OtsortPavScoresCuda", "OtsortPavSortCuda", "CUDA"),
 }
 
 
@@ -47,7 +47,7 @@ def _register(platform: str) -> str | None:
   """Loads and registers the kernels for ``platform``; returns None, or why they are unavailable."""
   if platform not in _LIBRARIES:
     return f"otsort has no native PAV kernel for platform {platform!r}"
-  stem, ranks_symbol, sort_symbol, xla_platform = _LIBRARIES[platform]
+  stem, scores_symbol, sort_symbol, xla_platform = _LIBRARIES[platform]
   path = _library_path(stem)
   if path is None:
     return f"the native PAV library {stem} was not built (reinstall otsort with a compiler for {platform})"
@@ -55,28 +55,48 @@ def _register(platform: str) -> str | None:
     library = ctypes.cdll.LoadLibrary(str(path))
   except OSError as error:
     return f"the native PAV library {path} could not be loaded: {error}"
-  for target, symbol in ((_RANKS_TARGET, ranks_symbol), (_SORT_TARGET, sort_symbol)):
+  for target, symbol in ((_SCORES_TARGET, scores_symbol), (_SORT_TARGET, sort_symbol)):
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform=xla_platform)
   return None
 
 
 def unavailable_reason(platform: str) -> str | None:
   """None when the native kernels run on ``platform`` ("cpu", "cuda", ...), otherwise why not."""
+  if platform == "cuda" and not _has_gpu_backend():
+    return "JAX has no CUDA backend in this process"
   return _register(platform)
 
 
-def ranks(z: jax.Array, *, kl: bool) -> tuple[jax.Array, jax.Array]:
-  """P(z, rho), rho = (n, ..., 1), for each row of ``z`` ``[..., n]``: (1-based soft ranks, block ids)."""
+@functools.cache
+def _has_gpu_backend() -> bool:
+  try:
+    return bool(jax.devices("gpu"))
+  except RuntimeError:
+    return False
+
+
+def _register_available() -> None:
+  for platform in _LIBRARIES:
+    unavailable_reason(platform)
+
+
+def scores(z: jax.Array, *, kl: bool, topk: int) -> tuple[jax.Array, jax.Array]:
+  """P(z, w) for each row of ``z`` ``[..., n]``: (projection, block ids), both in input order.
+
+  ``w`` is rho = (n, ..., 1) when ``topk`` is 0 (1-based soft ranks), else k ones then zeros (top-k mask).
+  """
+  _register_available()
   call = jax.ffi.ffi_call(
-      _RANKS_TARGET,
+      _SCORES_TARGET,
       (jax.ShapeDtypeStruct(z.shape, z.dtype), jax.ShapeDtypeStruct(z.shape, jnp.int32)),
       vmap_method="broadcast_all",
   )
-  return call(z, kl=np.bool_(kl))
+  return call(z, kl=np.bool_(kl), topk=np.int64(topk))
 
 
 def sort(x: jax.Array, *, kl: bool, epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
   """P(rho / epsilon, x) for each row: (values in decreasing order, block id per input, per output)."""
+  _register_available()
   ids = jax.ShapeDtypeStruct(x.shape, jnp.int32)
   call = jax.ffi.ffi_call(
       _SORT_TARGET,

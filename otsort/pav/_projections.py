@@ -70,18 +70,19 @@ def _int_tangent(x: jax.Array) -> np.ndarray:
   return np.zeros(x.shape, dtype=jax.dtypes.float0)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def project_ranks(z: jax.Array, kl: bool, impl: str) -> tuple[jax.Array, jax.Array]:
-  """P(z, rho) with rho = (n, ..., 1): 1-based soft ranks of each row of ``z``, and block ids."""
-  return _solver(impl, _kernels.ranks, _isotonic_xla.ranks)(z, kl=kl)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def project_scores(z: jax.Array, kl: bool, topk: int, impl: str) -> tuple[jax.Array, jax.Array]:
+  """P(z, w) for each row of ``z`` and its block ids; w = rho = (n, ..., 1) for ``topk`` = 0 (1-based soft
+  ranks), else k ones then zeros (soft top-k mask)."""
+  return _solver(impl, _kernels.scores, _isotonic_xla.scores)(z, kl=kl, topk=topk)
 
 
-@project_ranks.defjvp
-def _project_ranks_jvp(kl, impl, primals, tangents):
+@project_scores.defjvp
+def _project_scores_jvp(kl, topk, impl, primals, tangents):
   (z,), (dz,) = primals, tangents
-  r, block = project_ranks(z, kl, impl)  # called again so that higher derivatives see r as a function of z
+  r, block = project_scores(z, kl, topk, impl)  # called again: higher derivatives see r as a function of z
   if kl:
-    # r = softmax_B(z) * sum_B(rho): dr = r * (dz - sum_B softmax_B(z) dz), and softmax_B(z) = r / sum_B r.
+    # r = softmax_B(z) * sum_B(w): dr = r * (dz - sum_B softmax_B(z) dz), and softmax_B(z) = r / sum_B r.
     dr = r * (dz - _block_weighted_mean(dz, r, block, block))
   else:
     dr = dz - _block_weighted_mean(dz, jnp.ones_like(dz), block, block)

@@ -64,6 +64,9 @@ struct LogSumExp {
 OTSORT_HD LogSumExp lse_leaf(double x) { return {x, 0.0}; }
 
 OTSORT_HD LogSumExp lse_merge(const LogSumExp& x, const LogSumExp& y) {
+  // log(0) = -inf stands for an empty sum (a zero in the top-k target); -inf - -inf would be NaN.
+  if (x.max == -INFINITY) return y;
+  if (y.max == -INFINITY) return x;
   const double m = x.max > y.max ? x.max : y.max;
   const double u = (x.max - m) + x.log_rest;
   const double w = (y.max - m) + y.log_rest;
@@ -140,17 +143,24 @@ OTSORT_HD void for_each_position(int32_t n, int32_t num_blocks, const int32_t* s
 // order and `perm[i]` the input position of sorted[i]. Block ids are the sorted position where a block starts.
 // Workspace: `start` and `stats` of n entries each.
 
-// Soft ranks, P(z, rho) with rho = (n, n-1, ..., 1): L2 gives z - v, KL gives exp(z - v) with b = log(rho).
-// out and block are in input order.
+// The vector w whose permutahedron the scores are projected onto, in decreasing order: rho = (n, ..., 1) for
+// soft ranks, or (1, ..., 1, 0, ..., 0) with k ones for the soft top-k mask (Sander et al., ICML 2023).
+struct Target {
+  int32_t n;
+  int32_t topk;  // 0 for rho
+  OTSORT_HD double operator()(int32_t i) const {
+    if (topk == 0) return static_cast<double>(n - i);
+    return i < topk ? 1.0 : 0.0;
+  }
+};
+
+// P(z, w): L2 gives z - v with b = w, KL gives exp(z - v) with b = log(w). out and block are in input order.
 template <class Reg, class T>
-OTSORT_HD void project_ranks_row(int32_t n, const T* sorted, const int32_t* perm, int32_t* start,
-                                 typename Reg::Stats* stats, T* out, int32_t* block) {
+OTSORT_HD void project_scores_row(int32_t n, const T* sorted, const int32_t* perm, Target w, int32_t* start,
+                                  typename Reg::Stats* stats, T* out, int32_t* block) {
   constexpr bool exp_output = Reg::kLogDomain;
   auto a = [&](int32_t i) { return static_cast<double>(sorted[i]); };
-  auto b = [&](int32_t i) {
-    const double rho = static_cast<double>(n - i);
-    return exp_output ? log(rho) : rho;
-  };
+  auto b = [&](int32_t i) { return exp_output ? log(w(i)) : w(i); };
   const int32_t m = pool_adjacent_violators<Reg>(n, a, b, start, stats);
   for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
     const double r = Reg::solution(a(i), s);

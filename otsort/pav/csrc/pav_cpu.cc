@@ -93,7 +93,8 @@ struct RowScratch {
 };
 
 template <class T, class Reg>
-void ranks_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, const T* z, T* out, int32_t* block) {
+void scores_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, int32_t topk, const T* z, T* out,
+                 int32_t* block) {
   parallel_rows(pool, rows, n, [&](int64_t r) {
     const T* zr = z + r * n;
     T* out_r = out + r * n;
@@ -102,8 +103,8 @@ void ranks_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, const T* z, T* o
     auto& s = RowScratch<T>::local();
     s.reserve(n);
     sort_descending(n, zr, s.sorted.data(), s.perm.data(), s.sort);
-    project_ranks_row<Reg>(n, s.sorted.data(), s.perm.data(), s.start.data(),
-                           reinterpret_cast<typename Reg::Stats*>(s.stats.data()), out_r, block_r);
+    project_scores_row<Reg>(n, s.sorted.data(), s.perm.data(), Target{n, topk}, s.start.data(),
+                            reinterpret_cast<typename Reg::Stats*>(s.stats.data()), out_r, block_r);
   });
 }
 
@@ -139,19 +140,20 @@ ffi::Error unsupported_dtype() {
   return ffi::Error::InvalidArgument("otsort pav: only float32 and float64 inputs are supported");
 }
 
-ffi::Error PavRanksImpl(ffi::ThreadPool pool, ffi::AnyBuffer z, bool kl, ffi::Result<ffi::AnyBuffer> out,
-                        ffi::Result<ffi::Buffer<ffi::S32>> block) {
+ffi::Error PavScoresImpl(ffi::ThreadPool pool, ffi::AnyBuffer z, bool kl, int64_t topk,
+                         ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::S32>> block) {
   int64_t rows;
   int32_t n;
   if (auto error = row_shape(z, &rows, &n); error.failure()) return error;
+  if (topk < 0 || topk > n) return ffi::Error::InvalidArgument("otsort pav: topk must be in [0, n]");
   int32_t* b = block->typed_data();
   switch (z.element_type()) {
     case ffi::F32:
-      (kl ? ranks_rows<float, KL> : ranks_rows<float, L2>)(pool, rows, n, z.typed_data<float>(),
+      (kl ? scores_rows<float, KL> : scores_rows<float, L2>)(pool, rows, n, topk, z.typed_data<float>(),
                                                            out->typed_data<float>(), b);
       return ffi::Error::Success();
     case ffi::F64:
-      (kl ? ranks_rows<double, KL> : ranks_rows<double, L2>)(pool, rows, n, z.typed_data<double>(),
+      (kl ? scores_rows<double, KL> : scores_rows<double, L2>)(pool, rows, n, topk, z.typed_data<double>(),
                                                              out->typed_data<double>(), b);
       return ffi::Error::Success();
     default:
@@ -188,15 +190,16 @@ ffi::Error PavSortImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, bool kl, double e
 }  // namespace otsort
 
 // The library is built with hidden visibility; only the handlers are exported.
-extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavRanksCpu(XLA_FFI_CallFrame*);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavScoresCpu(XLA_FFI_CallFrame*);
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavSortCpu(XLA_FFI_CallFrame*);
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavRanksCpu, otsort::PavRanksImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavScoresCpu, otsort::PavScoresImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()          // z = x / epsilon (sign applied), [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // scores z = x / epsilon (sign applied), [..., n]
                                   .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
-                                  .Ret<ffi::AnyBuffer>()          // 1-based soft ranks, input order
+                                  .Attr<int64_t>("topk")          // target: 0 for rho = (n..1), k for k ones
+                                  .Ret<ffi::AnyBuffer>()          // P(z, target), input order
                                   .Ret<ffi::Buffer<ffi::S32>>());  // block id of each element, input order
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavSortCpu, otsort::PavSortImpl,
