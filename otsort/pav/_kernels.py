@@ -30,10 +30,10 @@ _LIBRARIES = {
 
 
 def _library_path(stem: str) -> pathlib.Path | None:
-  # Search every folder of the package: an editable install keeps the compiled files apart from the sources.
+  # This module's folder first, then every folder of the package: an editable install keeps the compiled
+  # files apart from the sources.
   spec = importlib.util.find_spec("otsort.pav")
-  folders = list(spec.submodule_search_locations or []) if spec else []
-  folders.append(str(pathlib.Path(__file__).parent))
+  folders = [str(pathlib.Path(__file__).parent), *(spec.submodule_search_locations or [] if spec else [])]
   for folder in folders:
     for suffix in (".so", ".dylib", ".dll"):
       candidate = pathlib.Path(folder) / f"{stem}{suffix}"

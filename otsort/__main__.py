@@ -1,0 +1,3 @@
+from otsort._cli import main
+import sys
+sys.exit(main())
