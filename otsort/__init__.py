@@ -5,9 +5,12 @@ ICML 2020) and ``sinkhorn`` (entropic optimal transport, Cuturi et al., NeurIPS 
 along ``axis`` (the last by default) of an array of any shape.
 """
 
+from otsort._api import quantile
 from otsort._api import ranks
 from otsort._api import sort
+from otsort._api import topk
+from otsort._api import topk_mask
 
 __version__ = "0.1.0"
 
-__all__ = ["ranks", "sort"]
+__all__ = ["quantile", "ranks", "sort", "topk", "topk_mask"]

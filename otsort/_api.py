@@ -12,11 +12,13 @@ in their own dtype; integers and booleans are promoted to JAX's default float dt
 from __future__ import annotations
 
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 from jax.typing import ArrayLike
+import numpy as np
 
 from otsort import _checks
 from otsort.pav import _backend as _pav
@@ -42,8 +44,25 @@ def _float_dtypes(dtype) -> tuple[jnp.dtype, jnp.dtype]:
   return dtype, dtype
 
 
+def _map_over_shards(fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+  """Runs ``fn`` (rows in, rows out, last axis whole) on each device's own rows when ``x`` is sharded over a mesh
+  with explicit axes. Without explicit axes XLA's partitioner does the same through the kernels' partitioning
+  rules, so ``fn`` is simply called."""
+  sharding = jax.typeof(x).sharding
+  explicit = set(getattr(sharding.mesh, "explicit_axes", ()))
+  spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+  named = lambda entry: {entry} if isinstance(entry, str) else set(entry or ())
+  if not any(named(entry) & explicit for entry in spec):
+    return fn(x)
+  rows_spec = PartitionSpec(*spec[:-1], None)
+  if spec[-1] is not None:
+    x = jax.sharding.reshard(x, rows_spec)  # each row must sit whole on one device
+  # check_vma=False: the native calls carry no varying-axes types, and fn uses no collectives.
+  return jax.shard_map(fn, mesh=sharding.mesh, in_specs=rows_spec, out_specs=rows_spec, check_vma=False)(x)
+
+
 class _Call:
-  """One call's validated arguments: the rows, and how to put results back in the caller's shape."""
+  """One call's validated arguments: the rows, and how to put results back in the caller's layout."""
 
   def __init__(self, x: ArrayLike, axis: Any, backend: Any, epsilon: Any, options: dict):
     self.module = _backend_module(backend)
@@ -51,26 +70,36 @@ class _Call:
     self.epsilon = (self.module.DEFAULT_EPSILON if epsilon is None else _checks.positive_finite("epsilon", epsilon))
     x = jnp.asarray(x)
     if x.ndim == 0:
-      raise ValueError("x must have at least one dimension to sort along; got a scalar")
+      raise ValueError("x must have at least one dimension to work along; got a scalar")
     self.axis = _checks.normalize_axis(axis, x.ndim)
     self.compute_dtype, self.out_dtype = _float_dtypes(x.dtype)
-    moved = jnp.moveaxis(x.astype(self.compute_dtype), self.axis, -1)
-    self.batch_shape = moved.shape[:-1]
-    self.n = moved.shape[-1]
-    self.rows = moved.reshape(-1, self.n)
+    self.x = jnp.moveaxis(x.astype(self.compute_dtype), self.axis, -1)
+    self.n = self.x.shape[-1]
 
-  def empty(self) -> bool:
-    return self.rows.size == 0
+  def run(self, op: Callable[..., jax.Array], length: int, **kwargs) -> jax.Array:
+    """Applies the backend's ``op`` (rows ``[batch, n]`` to ``[batch, length]``) along ``axis``."""
 
-  def restore(self, rows: jax.Array) -> jax.Array:
-    """Rows ``[batch, m]`` back to the caller's layout, with ``m`` values along ``axis``."""
-    out = rows.reshape(*self.batch_shape, rows.shape[-1]).astype(self.out_dtype)
-    return jnp.moveaxis(out, -1, self.axis)
+    def on_rows(x):
+      rows = x.reshape(-1, self.n)
+      out = op(rows, epsilon=self.epsilon, options=self.options, **kwargs)
+      return out.reshape(*x.shape[:-1], length)
 
-  def run(self, op: Callable[..., jax.Array], **kwargs) -> jax.Array:
-    if self.empty():
-      return self.restore(self.rows)
-    return self.restore(op(self.rows, epsilon=self.epsilon, options=self.options, **kwargs))
+    if self.x.size == 0:
+      out = jnp.zeros((*self.x.shape[:-1], length), self.compute_dtype)
+    else:
+      out = _map_over_shards(on_rows, self.x)
+    return jnp.moveaxis(out.astype(self.out_dtype), -1, self.axis)
+
+  def check_k(self, k: Any) -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n:
+      raise ValueError(f"k must be an int in [1, n] with n = x.shape[axis] = {self.n}; got k = {k!r}")
+    return int(k)
+
+
+def _check_descending(descending: Any) -> bool:
+  if not isinstance(descending, (bool, np.bool_)):
+    raise ValueError(f"descending must be True or False; got descending = {descending!r}")
+  return bool(descending)
 
 
 def sort(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: float | None = None,
@@ -110,7 +139,7 @@ def sort(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: flo
     Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020.
   """
   call = _Call(x, axis, backend, epsilon, options)
-  return call.run(call.module.sort, descending=bool(descending))
+  return call.run(call.module.sort, call.n, descending=_check_descending(descending))
 
 
 def ranks(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: float | None = None,
@@ -149,4 +178,108 @@ def ranks(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: fl
     Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020.
   """
   call = _Call(x, axis, backend, epsilon, options)
-  return call.run(call.module.ranks, descending=bool(descending))
+  return call.run(call.module.ranks, call.n, descending=_check_descending(descending))
+
+
+def _check_q(q: Any) -> tuple[tuple[float, ...], bool]:
+  """(the quantile levels, whether q was a scalar); q must be static and in [0, 1]."""
+  if isinstance(q, jax.core.Tracer):
+    raise ValueError("q must be static (a Python float or a sequence of them), not a traced value: it fixes "
+                     "the output shape")
+  levels = np.asarray(q, dtype=np.float64) if not isinstance(q, str) else None
+  if levels is None or levels.ndim > 1 or levels.size == 0:
+    raise ValueError(f"q must be a number or a non-empty 1-D sequence of numbers in [0, 1]; got q = {q!r}")
+  if not np.all((levels >= 0) & (levels <= 1)):
+    raise ValueError(f"q must lie in [0, 1]; got q = {q!r}")
+  return tuple(float(v) for v in levels.reshape(-1)), levels.ndim == 0
+
+
+def quantile(x: ArrayLike, q: float | Sequence[float], *, axis: int = -1, epsilon: float | None = None,
+             backend: str = "pav", **options: Any) -> jax.Array:
+  r"""Soft quantiles: a differentiable relaxation of :func:`jax.numpy.quantile` (linear interpolation).
+
+  ``pav``: the soft sort of the row, linearly interpolated at position :math:`q (n - 1)` like
+  :func:`jax.numpy.quantile`. ``sinkhorn``: the inputs are transported onto a target measure with mass around
+  each requested level (Cuturi et al., 2019), and read out by barycentric projection.
+
+  Args:
+    x: input array ``[..., n, ...]``.
+    q: a level in [0, 1], or a 1-D sequence of levels; static (Python numbers or a NumPy array).
+    axis: the axis to take quantiles along.
+    epsilon: regularization strength, > 0; ``None`` picks the backend's default.
+    backend: ``"pav"`` or ``"sinkhorn"``.
+    **options: backend options.
+
+  Returns:
+    For a scalar ``q``, ``x``'s shape without ``axis``; for a sequence, ``axis`` replaced by ``len(q)`` values
+    in the order given.
+
+  Example:
+    >>> import otsort
+    >>> otsort.quantile([1.0, 5.0, 2.0, 4.0, 3.0], 0.5, epsilon=1e-3)
+    Array(3., dtype=float32)
+  """
+  levels, scalar = _check_q(q)
+  call = _Call(x, axis, backend, epsilon, options)
+  if call.n == 0:
+    raise ValueError("quantile needs at least one value along axis; got x.shape[axis] = 0")
+  out = call.run(call.module.quantile, len(levels), q=levels)
+  return jnp.squeeze(out, call.axis) if scalar else out
+
+
+def topk(x: ArrayLike, k: int, *, axis: int = -1, epsilon: float | None = None, backend: str = "pav",
+         **options: Any) -> jax.Array:
+  r"""Soft top-k values: a differentiable relaxation of :func:`jax.lax.top_k`, in decreasing order.
+
+  ``pav``: the first k entries of the decreasing soft sort. ``sinkhorn``: transport onto k + 1 targets, the
+  k largest values and the rest (Cuturi et al., 2019), O(nk).
+
+  Args:
+    x: input array ``[..., n, ...]``.
+    k: how many values to keep, in [1, n].
+    axis: the axis to take the top k along (``jax.lax.top_k`` only takes the last).
+    epsilon: regularization strength, > 0; ``None`` picks the backend's default.
+    backend: ``"pav"`` or ``"sinkhorn"``.
+    **options: backend options.
+
+  Returns:
+    ``x``'s shape with ``axis`` of size ``k``, the largest value first.
+
+  Example:
+    >>> import otsort
+    >>> otsort.topk([1.0, 5.0, 2.0, 4.0], 2, epsilon=1e-3)
+    Array([5., 4.], dtype=float32)
+  """
+  call = _Call(x, axis, backend, epsilon, options)
+  k = call.check_k(k)
+  return call.run(call.module.topk, k, k=k)
+
+
+def topk_mask(x: ArrayLike, k: int, *, axis: int = -1, epsilon: float | None = None, backend: str = "pav",
+              **options: Any) -> jax.Array:
+  r"""Soft top-k mask: a differentiable relaxation of the 0/1 indicator of the k largest entries.
+
+  ``pav``: the projection of :math:`x / \varepsilon` onto the permutahedron of :math:`(1, \dots, 1, 0, \dots,
+  0)` with k ones (Sander et al., "Fast, Differentiable and Sparse Top-k", ICML 2023); with L2 it is sparse,
+  exactly 0 or 1 away from the k-th value. ``sinkhorn``: transport onto two targets holding mass
+  :math:`(n - k) / n` and :math:`k / n` (Cuturi et al., 2019).
+
+  Args:
+    x: input array ``[..., n, ...]``.
+    k: the number of entries to select, in [1, n].
+    axis: the axis to select along.
+    epsilon: regularization strength, > 0; ``None`` picks the backend's default.
+    backend: ``"pav"`` or ``"sinkhorn"``.
+    **options: backend options.
+
+  Returns:
+    An array of ``x``'s shape, values in [0, 1] summing to k along ``axis``.
+
+  Example:
+    >>> import otsort
+    >>> otsort.topk_mask([1.0, 5.0, 2.0, 4.0], 2, epsilon=1e-3)
+    Array([0., 1., 0., 1.], dtype=float32)
+  """
+  call = _Call(x, axis, backend, epsilon, options)
+  k = call.check_k(k)
+  return call.run(call.module.topk_mask, call.n, k=k)

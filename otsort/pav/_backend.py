@@ -18,6 +18,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from otsort import _checks
 from otsort.pav import _kernels
@@ -72,3 +73,25 @@ def sort(x: jax.Array, *, descending: bool, epsilon: float, options: PavOptions)
   sign = 1.0 if descending else -1.0
   out, _, _ = _projections.project_sort(sign * x, options.kl, epsilon, options.impl)
   return sign * out
+
+
+def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: float, options: PavOptions) -> jax.Array:
+  # Linear interpolation between neighbouring soft-sorted values, like jnp.quantile's default method.
+  n = x.shape[-1]
+  s = sort(x, descending=False, epsilon=epsilon, options=options)
+  position = np.asarray(q, dtype=np.float64) * (n - 1)  # q is static: so are the positions
+  below = np.floor(position).astype(np.int32)
+  above = np.minimum(below + 1, n - 1)
+  fraction = jnp.asarray(position - below, dtype=x.dtype)
+  return s[:, below] * (1 - fraction) + s[:, above] * fraction
+
+
+def topk(x: jax.Array, k: int, *, epsilon: float, options: PavOptions) -> jax.Array:
+  return sort(x, descending=True, epsilon=epsilon, options=options)[:, :k]
+
+
+def topk_mask(x: jax.Array, k: int, *, epsilon: float, options: PavOptions) -> jax.Array:
+  # Sander, Puigcerver, Djolonga, Peyre, Blondel, "Fast, Differentiable and Sparse Top-k", ICML 2023: the
+  # projection of x / epsilon onto the permutahedron of (1, ..., 1, 0, ..., 0) with k ones.
+  mask, _ = _projections.project_scores(x * (1.0 / epsilon), options.kl, k, options.impl)
+  return mask

@@ -15,8 +15,13 @@ import functools
 import importlib.util
 import pathlib
 
+from typing import Callable
+
 import jax
+from jax.experimental.custom_partitioning import custom_partitioning
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 import numpy as np
 
 _SCORES_TARGET = "otsort_pav_scores"
@@ -80,27 +85,85 @@ def _register_available() -> None:
     unavailable_reason(platform)
 
 
+def _row_spec(sharding, ndim: int) -> PartitionSpec:
+  """The input's partitioning of the leading dimensions, with the row dimension whole."""
+  spec = tuple(getattr(sharding, "spec", ())) + (None,) * ndim
+  return PartitionSpec(*spec[:ndim - 1], None)
+
+
+def _rowwise(kernel: Callable, num_outputs: int) -> Callable:
+  """Makes a kernel on rows ``[..., n]`` partitionable and batchable.
+
+  XLA cannot look inside a custom call, so it would gather a sharded input onto every device and run the whole
+  call there. The partitioning rule tells it that rows are independent: each device runs the kernel on its
+  own rows. The vmap rule says the same to JAX: a mapped axis is one more leading dimension of rows.
+  """
+  partitioned = custom_partitioning(kernel)
+
+  def shardings(mesh, arg_shapes):
+    spec = _row_spec(arg_shapes[0].sharding, len(arg_shapes[0].shape))
+    return NamedSharding(mesh, spec), tuple(NamedSharding(mesh, spec) for _ in range(num_outputs))
+
+  def infer(mesh, arg_shapes, result_shape):
+    return shardings(mesh, arg_shapes)[1]
+
+  def partition(mesh, arg_shapes, result_shape):
+    arg_sharding, out_shardings = shardings(mesh, arg_shapes)
+    return mesh, kernel, out_shardings, (arg_sharding,)
+
+  partitioned.def_partition(
+      partition=partition,
+      infer_sharding_from_operands=infer,
+      sharding_rule="... n -> " + ", ".join(["... n"] * num_outputs),
+      need_replication_factors=("n",),
+  )
+  batched = jax.custom_batching.custom_vmap(partitioned)
+
+  @batched.def_vmap
+  def _vmap_rule(axis_size, in_batched, x):
+    del axis_size  # the mapped axis is just another leading dimension
+    return batched(x), (in_batched[0],) * num_outputs
+
+  return batched
+
+
+@functools.cache
+def _scores_call(kl: bool, topk: int) -> Callable:
+  def kernel(z):
+    call = jax.ffi.ffi_call(
+        _SCORES_TARGET,
+        (jax.ShapeDtypeStruct(z.shape, z.dtype), jax.ShapeDtypeStruct(z.shape, jnp.int32)),
+        vmap_method="broadcast_all",
+    )
+    return call(z, kl=np.bool_(kl), topk=np.int64(topk))
+
+  return _rowwise(kernel, 2)
+
+
+@functools.cache
+def _sort_call(kl: bool, epsilon: float) -> Callable:
+  def kernel(x):
+    ids = jax.ShapeDtypeStruct(x.shape, jnp.int32)
+    call = jax.ffi.ffi_call(
+        _SORT_TARGET,
+        (jax.ShapeDtypeStruct(x.shape, x.dtype), ids, ids),
+        vmap_method="broadcast_all",
+    )
+    return call(x, kl=np.bool_(kl), epsilon=np.float64(epsilon))
+
+  return _rowwise(kernel, 3)
+
+
 def scores(z: jax.Array, *, kl: bool, topk: int) -> tuple[jax.Array, jax.Array]:
   """P(z, w) for each row of ``z`` ``[..., n]``: (projection, block ids), both in input order.
 
   ``w`` is rho = (n, ..., 1) when ``topk`` is 0 (1-based soft ranks), else k ones then zeros (top-k mask).
   """
   _register_available()
-  call = jax.ffi.ffi_call(
-      _SCORES_TARGET,
-      (jax.ShapeDtypeStruct(z.shape, z.dtype), jax.ShapeDtypeStruct(z.shape, jnp.int32)),
-      vmap_method="broadcast_all",
-  )
-  return call(z, kl=np.bool_(kl), topk=np.int64(topk))
+  return _scores_call(bool(kl), int(topk))(z)
 
 
 def sort(x: jax.Array, *, kl: bool, epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
   """P(rho / epsilon, x) for each row: (values in decreasing order, block id per input, per output)."""
   _register_available()
-  ids = jax.ShapeDtypeStruct(x.shape, jnp.int32)
-  call = jax.ffi.ffi_call(
-      _SORT_TARGET,
-      (jax.ShapeDtypeStruct(x.shape, x.dtype), ids, ids),
-      vmap_method="broadcast_all",
-  )
-  return call(x, kl=np.bool_(kl), epsilon=np.float64(epsilon))
+  return _sort_call(bool(kl), float(epsilon))(x)

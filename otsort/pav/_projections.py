@@ -37,22 +37,19 @@ def _solver(impl: str, native_fn, xla_fn):
   return auto
 
 
-def _flat_ids(block: jax.Array) -> jax.Array:
-  """Block ids of all rows as one id space: row r's block j becomes r * n + j."""
-  batch, n = block.shape
-  return (block + n * jnp.arange(batch, dtype=block.dtype)[:, None]).reshape(-1)
+def _per_row(segment_op, values: jax.Array, block: jax.Array) -> jax.Array:
+  """Applies ``segment_op`` over the blocks of each row; row r's block j lands at [r, j]. Mapped over rows
+  (a batched scatter, not one flat one), so a batch sharded over devices stays where it is."""
+  n = block.shape[1]
+  return jax.vmap(lambda v, b: segment_op(v, b, num_segments=n))(values, block)
 
 
 def _block_sums(values: jax.Array, block: jax.Array) -> jax.Array:
-  """Sums ``values [batch, n, ...]`` over the blocks ``block [batch, n]``; row r's block j lands at [r, j]."""
-  batch, n = block.shape
-  sums = jax.ops.segment_sum(values.reshape(batch * n, *values.shape[2:]), _flat_ids(block),
-                             num_segments=batch * n)
-  return sums.reshape(values.shape)
+  return _per_row(jax.ops.segment_sum, values, block)
 
 
 def _block_max(values: jax.Array, block: jax.Array) -> jax.Array:
-  return jax.ops.segment_max(values.reshape(-1), _flat_ids(block), num_segments=values.size).reshape(values.shape)
+  return _per_row(jax.ops.segment_max, values, block)
 
 
 def _gather(per_block: jax.Array, block: jax.Array) -> jax.Array:
