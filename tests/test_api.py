@@ -1,0 +1,167 @@
+"""The one API over both backends: every op, shapes and axes, epsilon limits, gradients, and bad input."""
+
+import jax
+import jax.numpy as jnp
+from jax.test_util import check_grads
+import numpy as np
+import pytest
+
+import otsort
+
+# (backend, options, a small epsilon, the tolerance to the hard op at that epsilon)
+CONFIGS = {
+    "pav-l2": ("pav", {}, 1e-3, 1e-4),
+    "pav-kl": ("pav", {"regularization": "kl"}, 1e-3, 1e-4),
+    "pav-xla": ("pav", {"impl": "xla"}, 1e-3, 1e-4),
+}
+OPS = ("sort", "ranks", "quantile", "topk", "topk_mask")
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def config(request):
+  return CONFIGS[request.param]
+
+
+def _apply(op, x, backend, options, **kwargs):
+  extra = {"quantile": dict(q=[0.25, 0.5, 0.9]), "topk": dict(k=2), "topk_mask": dict(k=2)}.get(op, {})
+  return getattr(otsort, op)(x, **extra, backend=backend, **options, **kwargs)
+
+
+def _hard(op, x, axis=-1):
+  x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+  if op == "sort":
+    out = np.sort(x, axis=-1)
+  elif op == "ranks":
+    out = np.argsort(np.argsort(x, axis=-1), axis=-1).astype(np.float64)
+  elif op == "quantile":
+    out = np.moveaxis(np.quantile(x, [0.25, 0.5, 0.9], axis=-1), 0, -1)
+  elif op == "topk":
+    out = -np.sort(-x, axis=-1)[..., :2]
+  else:
+    order = np.argsort(-x, axis=-1)[..., :2]
+    out = np.zeros_like(x)
+    np.put_along_axis(out, order, 1.0, axis=-1)
+  return np.moveaxis(out, -1, axis)
+
+
+def _distinct(shape, seed=0):
+  """Values with gaps of at least 0.1, so that a small epsilon reaches the hard result."""
+  rng = np.random.default_rng(seed)
+  size = int(np.prod(shape))
+  return (rng.permutation(size).reshape(shape) * 0.1 + rng.uniform(0, 0.01, shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_small_epsilon_gives_the_hard_op_along_any_axis(config, op, axis):
+  backend, options, epsilon, tolerance = config
+  x = _distinct((4, 6, 5))
+  out = _apply(op, x, backend, options, axis=axis, epsilon=epsilon)
+  expected = _hard(op, x, axis)
+  assert out.shape == expected.shape
+  np.testing.assert_allclose(out, expected, atol=tolerance * max(1, np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_outputs_have_the_documented_shape_and_dtype(config, op):
+  backend, options, _, _ = config
+  x = jnp.ones((2, 7, 3), jnp.bfloat16)
+  out = _apply(op, x, backend, options, axis=1)
+  expected_length = {"quantile": 3, "topk": 2}.get(op, 7)
+  assert out.shape == (2, expected_length, 3)
+  assert out.dtype == jnp.bfloat16
+
+
+def test_scalar_q_drops_the_axis(config):
+  backend, options, _, _ = config
+  x = _distinct((3, 8))
+  assert otsort.quantile(x, 0.5, axis=0, backend=backend, **options).shape == (8,)
+  assert otsort.quantile(x, 0.5, backend=backend, **options).shape == (3,)
+
+
+def test_soft_outputs_keep_their_order(config):
+  backend, options, _, _ = config
+  x = np.random.default_rng(1).normal(size=(5, 9)).astype(np.float32)
+  for epsilon in (0.01, 0.3, 3.0):
+    assert np.all(np.diff(otsort.sort(x, epsilon=epsilon, backend=backend, **options), axis=-1) >= -1e-5)
+    assert np.all(np.diff(otsort.topk(x, 4, epsilon=epsilon, backend=backend, **options), axis=-1) <= 1e-5)
+    q = otsort.quantile(x, [0.1, 0.4, 0.8], epsilon=epsilon, backend=backend, **options)
+    assert np.all(np.diff(q, axis=-1) >= -1e-5)
+    mask = otsort.topk_mask(x, 3, epsilon=epsilon, backend=backend, **options)
+    assert np.all((mask >= -1e-5) & (mask <= 1 + 1e-5))
+    np.testing.assert_allclose(mask.sum(-1), 3.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_float32_gradients_are_finite_on_ties_and_wide_scales(config, op):
+  backend, options, _, _ = config
+  rng = np.random.default_rng(2)
+  rows = [rng.normal(size=10), np.repeat(rng.normal(size=5), 2), rng.normal(size=10) * 1e3,
+          rng.normal(size=10) * 1e-3, np.zeros(10)]
+  x = jnp.asarray(np.stack(rows), jnp.float32)
+  for epsilon in (1e-3, 1e-1, 1.0, 10.0):
+    grad = jax.grad(lambda x: (_apply(op, x, backend, options, epsilon=epsilon) ** 2).sum())(x)
+    assert np.all(np.isfinite(grad)), (op, epsilon)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_gradients_equal_finite_differences_in_float64(config, op):
+  backend, options, _, _ = config
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6)))
+    check_grads(lambda x: _apply(op, x, backend, options, epsilon=0.5), (x,), order=1, modes=["rev"],
+                eps=1e-6)
+
+
+def test_every_op_runs_under_jit_and_vmap(config):
+  backend, options, _, _ = config
+  x = jnp.asarray(_distinct((3, 4, 6)))
+  for op in OPS:
+    direct = _apply(op, x, backend, options)
+    np.testing.assert_allclose(jax.jit(lambda x: _apply(op, x, backend, options))(x), direct, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(jax.vmap(lambda x: _apply(op, x, backend, options))(x), direct, rtol=1e-5,
+                               atol=1e-5)
+
+
+_BAD_INPUTS = [
+    (lambda x: otsort.topk(x, 0), r"k must be an int in \[1, n\] with n = x.shape\[axis\] = 5; got k = 0"),
+    (lambda x: otsort.topk(x, 6), r"got k = 6"),
+    (lambda x: otsort.topk_mask(x, 2.5), r"got k = 2.5"),
+    (lambda x: otsort.topk_mask(x, True), r"got k = True"),
+    (lambda x: otsort.quantile(x, -0.1), r"q must lie in \[0, 1\]"),
+    (lambda x: otsort.quantile(x, [0.5, 1.5]), r"q must lie in \[0, 1\]"),
+    (lambda x: otsort.quantile(x, [[0.5]]), r"q must be a number or a non-empty 1-D sequence"),
+    (lambda x: otsort.quantile(x, []), r"q must be a number or a non-empty 1-D sequence"),
+    (lambda x: otsort.sort(x, axis=2), r"axis 2 is out of bounds for an array of dimension 2"),
+    (lambda x: otsort.ranks(x, axis=-3), r"axis -3 is out of bounds"),
+    (lambda x: otsort.sort(x, backend="torch"), r"backend must be one of 'pav'.*got backend = 'torch'"),
+    (lambda x: otsort.sort(x, regularisation="kl"), r"unknown option\(s\) 'regularisation' for backend='pav'"),
+    (lambda x: otsort.sort(x, regularization="l1"), r"regularization must be one of 'l2', 'kl'"),
+    (lambda x: otsort.sort(x, impl="gpu"), r"impl must be one of 'auto', 'native', 'xla'"),
+    (lambda x: otsort.sort(x, epsilon=0.0), r"epsilon must be a positive finite number; got epsilon = 0.0"),
+    (lambda x: otsort.sort(x, epsilon=-1), r"epsilon must be a positive finite number"),
+    (lambda x: otsort.sort(x, epsilon=float("nan")), r"epsilon must be a positive finite number"),
+    (lambda x: otsort.sort(x, epsilon=float("inf")), r"epsilon must be a positive finite number"),
+    (lambda x: otsort.sort(x, epsilon=[1.0, 2.0]), r"epsilon must be a real scalar"),
+    (lambda x: otsort.sort(x, epsilon="small"), r"epsilon must be a real scalar"),
+    (lambda x: otsort.sort(x, descending="yes"), r"descending must be True or False"),
+    (lambda x: otsort.sort(x[0, 0]), r"x must have at least one dimension"),
+]
+
+
+@pytest.mark.parametrize("call, message", _BAD_INPUTS)
+def test_bad_input_raises_a_value_error_naming_the_argument_even_under_jit(call, message):
+  x = jnp.ones((3, 5))
+  with pytest.raises(ValueError, match=message):
+    call(x)
+  with pytest.raises(ValueError, match=message):
+    jax.jit(call)(x)
+
+
+def test_a_traced_epsilon_or_q_is_refused_with_an_explanation():
+  x = jnp.ones((3, 5))
+  with pytest.raises(ValueError, match="epsilon must be a static Python number"):
+    jax.jit(lambda x, e: otsort.sort(x, epsilon=e))(x, 0.1)
+  with pytest.raises(ValueError, match="q must be static"):
+    jax.jit(lambda x, q: otsort.quantile(x, q))(x, 0.5)
