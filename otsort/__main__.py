@@ -1,3 +1,7 @@
-from otsort._cli import main
+"""python -m otsort: the command line."""
+
 import sys
+
+from otsort._cli import main
+
 sys.exit(main())
