@@ -77,12 +77,12 @@ class _Call:
     self.n = self.x.shape[-1]
 
   def run(self, op: Callable[..., jax.Array], length: int, **kwargs) -> jax.Array:
-    """Applies the backend's ``op`` (rows ``[batch, n]`` to ``[batch, length]``) along ``axis``."""
+    """Applies the backend's ``op`` (rows ``[batch, n]`` to ``[batch, m]``) along ``axis``; ``length`` is the
+    m an empty input gets (a backend option may change it, e.g. sinkhorn's ``num_targets``)."""
 
     def on_rows(x):
-      rows = x.reshape(-1, self.n)
-      out = op(rows, epsilon=self.epsilon, options=self.options, **kwargs)
-      return out.reshape(*x.shape[:-1], length)
+      out = op(x.reshape(-1, self.n), epsilon=self.epsilon, options=self.options, **kwargs)
+      return out.reshape(*x.shape[:-1], out.shape[-1])
 
     if self.x.size == 0:
       out = jnp.zeros((*self.x.shape[:-1], length), self.compute_dtype)
