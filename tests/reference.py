@@ -11,7 +11,10 @@ blocks whose values increase are merged, until none do. A block's value is ``mea
 ``LSE(s_B) - LSE(w_B)`` (KL). This file repeats the scan from the left after every merge (quadratic, but
 obviously correct), unlike the library's single-pass stack.
 
-Nothing here imports the library. The public conventions are layered on top:
+Block values are formed as one number (``mean(s_B) - mean(w_B)``), so the reference is exact only up to about
+1e-16 times the largest ``|s|``: tests scale their tolerances by it. Nothing here imports the library.
+
+The public conventions are layered on top:
 
 * ranks (0-based): ``P(sign * x / eps, rho) - 1`` with ``rho = (n, ..., 1)``. The projection gives the largest
   score the largest entry of rho, n, so ascending ranks (smallest value -> 0) use ``sign = +1``, descending -1.
