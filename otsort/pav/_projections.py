@@ -58,9 +58,12 @@ def _gather(per_block: jax.Array, block: jax.Array) -> jax.Array:
 
 def _block_weighted_mean(values: jax.Array, weights: jax.Array, block_in: jax.Array,
                          block_out: jax.Array) -> jax.Array:
-  """sum_{j in B} w_j v_j / sum_{j in B} w_j for the block B of each output position (linear in values)."""
-  numerator = _gather(_block_sums(weights * values, block_in), block_out)
-  return numerator / _gather(_block_sums(weights, block_in), block_out)
+  """sum_{j in B} w_j v_j / sum_{j in B} w_j for the block B of each output position (linear in values).
+
+  The weights are normalized first: a one-element block then has weight w / w = 1 exactly, so the projection's
+  derivative there is exactly zero, not rounding noise."""
+  normalized = weights / _gather(_block_sums(weights, block_in), block_in)
+  return _gather(_block_sums(normalized * values, block_in), block_out)
 
 
 def _int_tangent(x: jax.Array) -> np.ndarray:
