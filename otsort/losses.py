@@ -1,0 +1,562 @@
+r"""Differentiable losses built on soft ranks: Spearman correlation and soft (top-k) classification errors.
+
+Conventions, as in ``optax.losses``: inputs are batch-first; the scores of one example (the values to rank) lie
+along ``axis`` (the last by default); losses are returned per example, and the caller averages them. Every
+function passes ``epsilon``, ``backend`` and the backend's ``**options`` straight to :func:`otsort.ranks`, so each
+works with ``backend="pav"`` (``regularization="l2" | "kl"``) and ``backend="sinkhorn"``.
+
+Argument checks run at trace time and raise ``ValueError`` naming the argument; checks that need values
+(integer labels in range) run when the values are concrete, and under ``jit`` an out-of-range label gives NaN
+instead of silently picking another class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+import numpy as np
+
+from otsort import _api
+from otsort import _checks
+
+__all__ = [
+    "spearman_correlation",
+    "spearman_loss",
+    "spearman_grad_hess",
+    "spearman_boosting_objective",
+    "soft_error",
+    "soft_topk_error",
+]
+
+_HESSIANS = ("diagonal", "constant")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _is_concrete(x: Any) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _default_epsilon(backend: Any, epsilon: Any) -> float:
+  module = _api._backend_module(backend)  # pylint: disable=protected-access
+  return module.DEFAULT_EPSILON if epsilon is None else _checks.positive_finite("epsilon", epsilon)
+
+
+def _hard_ranks(x: jax.Array) -> jax.Array:
+  """0-based ranks along the last axis, ties sharing the mean of their ranks (``scipy.stats.rankdata`` - 1).
+
+  O(n log n): an entry's tied run in the sorted row is [searchsorted left, searchsorted right).
+  """
+
+  def row(v):
+    s = jnp.sort(v)
+    left = jnp.searchsorted(s, v, side="left")
+    right = jnp.searchsorted(s, v, side="right")
+    return (left + right - 1).astype(v.dtype) / 2
+
+  flat = x.reshape(-1, x.shape[-1])
+  return jax.vmap(row)(flat).reshape(x.shape)
+
+
+def _safe_unit(v: jax.Array, valid: jax.Array) -> jax.Array:
+  """Centres the valid entries of each row and scales them to unit norm; a constant row gives zeros (no NaN in
+  values or gradients)."""
+  count = jnp.maximum(valid.sum(-1, keepdims=True), 1)
+  centred = jnp.where(valid, v - jnp.sum(jnp.where(valid, v, 0), -1, keepdims=True) / count, 0)
+  squared = jnp.sum(centred**2, -1, keepdims=True)
+  positive = squared > 0
+  norm = jnp.sqrt(jnp.where(positive, squared, 1))
+  return jnp.where(positive, centred / norm, 0)
+
+
+def _check_same_shape(pred: jax.Array, target: jax.Array) -> None:
+  if pred.shape != target.shape:
+    raise ValueError(f"pred and target must have the same shape; got pred.shape = {pred.shape} and "
+                     f"target.shape = {target.shape}")
+
+
+class _Groups:
+  """Where each group's entries sit in a padded ``[num_groups, length]`` layout.
+
+  ``index[g, j]`` is the position in the 1-D input of the j-th entry of group g (in input order), ``valid[g, j]``
+  whether that slot holds an entry. ``length`` is the largest group size when ``groups`` is concrete, ``n``
+  otherwise (under ``jit``); ``sizes`` are the concrete group sizes, or None under ``jit``.
+  """
+
+  def __init__(self, groups: ArrayLike, num_groups: Any, n: int):
+    concrete = _is_concrete(groups)
+    groups = np.asarray(groups) if concrete else groups  # NumPy stays NumPy (and concrete) under jit
+    if groups.shape != (n,):
+      raise ValueError(f"groups must be a 1-D array of integer group ids, one per entry of pred, shape ({n},); "
+                       f"got groups.shape = {groups.shape}")
+    if not jnp.issubdtype(groups.dtype, jnp.integer):
+      raise ValueError(f"groups must hold integer group ids; got dtype {groups.dtype}")
+    if num_groups is None:
+      if not concrete:
+        raise ValueError("num_groups is required when groups is traced (under jit): it fixes the output layout; "
+                         "pass num_groups=<number of distinct ids> as a static Python int")
+      num_groups = int(np.max(groups)) + 1 if n else 0
+    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(num_groups, (int, np.integer)) or num_groups < 1:
+      raise ValueError(f"num_groups must be a positive int; got num_groups = {num_groups!r}")
+    num_groups = int(num_groups)
+    if concrete:
+      ids = np.asarray(groups)
+      if ids.size and (ids.min() < 0 or ids.max() >= num_groups):
+        raise ValueError(f"groups must hold ids in [0, num_groups) = [0, {num_groups}); got ids from {ids.min()} "
+                         f"to {ids.max()}")
+      sizes = np.bincount(ids, minlength=num_groups)
+      self.sizes = sizes
+      length = max(int(sizes.max()), 1)
+      order = np.argsort(ids, kind="stable")
+      starts = np.cumsum(sizes) - sizes
+      slot = np.arange(n) - starts[ids[order]]
+      index = np.zeros((num_groups, length), np.int32)
+      valid = np.zeros((num_groups, length), bool)
+      index[ids[order], slot] = order
+      valid[ids[order], slot] = True
+      self.index, self.valid = jnp.asarray(index), jnp.asarray(valid)
+    else:
+      self.sizes = None
+      length = max(n, 1)
+      order = jnp.argsort(groups, stable=True)
+      sorted_ids = groups[order]
+      sizes = jnp.zeros(num_groups, jnp.int32).at[groups].add(1, mode="drop")
+      starts = jnp.cumsum(sizes) - sizes
+      slot = jnp.arange(n) - starts[jnp.clip(sorted_ids, 0, num_groups - 1)]
+      in_range = (sorted_ids >= 0) & (sorted_ids < num_groups)
+      row = jnp.where(in_range, sorted_ids, num_groups)  # out-of-range ids are dropped
+      self.index = jnp.zeros((num_groups, length), jnp.int32).at[row, slot].set(order, mode="drop")
+      self.valid = jnp.zeros((num_groups, length), bool).at[row, slot].set(True, mode="drop")
+    self.num_groups, self.length = num_groups, length
+
+
+def _soft_ranks_padded(x: jax.Array, valid: jax.Array, sizes: np.ndarray | None, epsilon: float, backend: str,
+                       options: dict) -> jax.Array:
+  """Soft ranks of the valid entries of each row ``[g, length]``, as if each row held only those entries.
+
+  ``pav``: the padding is set far above the row's maximum (more than ``length * epsilon`` above). The isotonic
+  problem then never pools an entry with the padding, and the entries' ranks, which come first, are exactly
+  those of the unpadded row, for both L2 and KL (the padding only ever takes the top ranks). ``sinkhorn``
+  couples every entry with every target, so padding would change the result: rows of equal size are ranked
+  together instead, which needs concrete group sizes.
+  """
+  length = x.shape[-1]
+  if backend == "pav":
+    top = jnp.max(jnp.where(valid, x, -jnp.inf), -1, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0)
+    pad = jax.lax.stop_gradient(top + 2 * (length + 1) * epsilon + 1)
+    return _api.ranks(jnp.where(valid, x, pad), epsilon=epsilon, backend=backend, **options)
+  if sizes is None:
+    raise ValueError(f"groups= under jit needs backend='pav'; backend={backend!r} ranks a row against all its "
+                     "entries, so it cannot ignore padding and needs concrete group sizes: call it outside jit "
+                     "(the groups array as a NumPy array), or use backend='pav'")
+  out = jnp.zeros_like(x)
+  for size in np.unique(sizes[sizes > 0]):
+    rows = np.flatnonzero(sizes == size)
+    out = out.at[rows, :size].set(
+        _api.ranks(x[rows, :size], epsilon=epsilon, backend=backend, **options))
+  return out
+
+
+def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_soft: Any, groups: Any,
+                    num_groups: Any, epsilon: Any, backend: Any, options: dict):
+  """The unit-norm centred rank vectors ``u`` (of pred) and ``v`` (of target), in a ``[rows, length]`` layout with
+  a validity mask, and per-row weights: the correlation of row i is ``sum(u[i] * v[i])``."""
+  if not isinstance(target_soft, (bool, np.bool_)):
+    raise ValueError(f"target_soft must be True or False; got target_soft = {target_soft!r}")
+  epsilon = _default_epsilon(backend, epsilon)
+  pred, target = jnp.asarray(pred), jnp.asarray(target)
+  _check_same_shape(pred, target)
+  if pred.ndim == 0:
+    raise ValueError("pred must have at least one dimension to rank along; got a scalar")
+  axis = _checks.normalize_axis(axis, pred.ndim)
+  dtype = _api._float_dtypes(pred.dtype)[0]  # pylint: disable=protected-access
+  pred = jnp.moveaxis(pred.astype(dtype), axis, -1)
+  target = jnp.moveaxis(target, axis, -1)
+  target = target.astype(dtype)
+  if groups is None:
+    if num_groups is not None:
+      raise ValueError(f"num_groups is only used with groups=; got num_groups = {num_groups!r} and groups = None")
+    valid = jnp.ones(pred.shape, bool)
+    pred_ranks = _api.ranks(pred, epsilon=epsilon, backend=backend, **options)
+    if target_soft:
+      target_ranks = _api.ranks(target, epsilon=epsilon, backend=backend, **options)
+    else:
+      target_ranks = _hard_ranks(jax.lax.stop_gradient(target))
+    weights = jnp.ones(pred.shape[:-1], dtype)
+  else:
+    if pred.ndim != 1:
+      raise ValueError(f"groups= needs 1-D pred and target (one entry per example); got pred.shape = "
+                       f"{pred.shape}")
+    layout = _Groups(groups, num_groups, pred.shape[0])
+    valid = layout.valid
+    pred = jnp.where(valid, pred[layout.index], 0)
+    target = jnp.where(valid, target[layout.index], 0)
+    pred_ranks = _soft_ranks_padded(pred, valid, layout.sizes, epsilon, backend, options)
+    if target_soft:
+      target_ranks = _soft_ranks_padded(target, valid, layout.sizes, epsilon, backend, options)
+    else:
+      target_ranks = _hard_ranks(jnp.where(valid, jax.lax.stop_gradient(target), jnp.inf))
+    counts = valid.sum(-1)
+    weights = (counts >= 2).astype(dtype)  # a group of fewer than 2 entries has no correlation
+    weights = weights / jnp.maximum(weights.sum(), 1)
+  return _safe_unit(pred_ranks, valid), _safe_unit(target_ranks, valid), weights, groups is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Spearman
+
+
+def spearman_correlation(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_soft: bool = False,
+                         groups: ArrayLike | None = None, num_groups: int | None = None,
+                         epsilon: float | None = None, backend: str = "pav", **options: Any) -> jax.Array:
+  r"""Soft Spearman rank correlation between ``pred`` and ``target``, differentiable in ``pred``.
+
+  The Pearson correlation of the soft ranks of ``pred`` (:func:`otsort.ranks`) with the ranks of ``target``:
+
+  .. math::
+
+    \rho_\varepsilon(p, t) = \frac{\langle r_\varepsilon(p) - \bar r_\varepsilon, \; s(t) - \bar s\rangle}
+    {\| r_\varepsilon(p) - \bar r_\varepsilon \| \, \| s(t) - \bar s \|},
+
+  where :math:`s(t)` are the hard ranks of ``target`` with ties sharing the mean of their ranks (as
+  ``scipy.stats.spearmanr``), or its soft ranks with ``target_soft=True``. As :math:`\varepsilon \to 0` it is
+  the Spearman correlation; larger values give smoother, denser gradients. Soft ranks depend on the scale of
+  ``pred`` divided by ``epsilon`` (``pav``), so choose ``epsilon`` relative to the spread of the predictions.
+  A row whose ranks are constant has correlation 0 (``scipy`` returns NaN).
+
+  With ``groups``, the correlation is computed within each group and averaged over the groups that hold at
+  least two entries, as in era-wise scoring of financial predictions (Numerai's "correlation per era").
+
+  Args:
+    pred: predictions ``[..., n, ...]``, ranked along ``axis``.
+    target: targets of the same shape.
+    axis: the axis holding the ``n`` values to correlate.
+    target_soft: also soft-rank ``target`` (then differentiable in ``target`` too); default: hard ranks, no
+      gradient to ``target``.
+    groups: optional integer group ids ``[n]`` in ``[0, num_groups)``, for 1-D ``pred`` and ``target``.
+    num_groups: the number of groups, a static int; required with ``groups`` under ``jit`` (otherwise inferred
+      as ``max(groups) + 1``). Under ``jit`` with ``groups``, only ``backend="pav"`` works (see
+      :func:`spearman_loss`).
+    epsilon: regularization strength of the soft ranks, > 0; ``None`` picks the backend's default (``pav``:
+      1.0, ``sinkhorn``: 1e-2).
+    backend: ``"pav"`` or ``"sinkhorn"``.
+    **options: backend options, as for :func:`otsort.ranks`.
+
+  Returns:
+    The correlations, in ``[-1, 1]``: ``pred``'s shape without ``axis``; a scalar with ``groups``.
+
+  Example:
+    >>> import otsort
+    >>> round(float(otsort.losses.spearman_correlation([0.1, 0.4, 0.3], [1.0, 3.0, 2.0], epsilon=1e-3)), 4)
+    1.0
+
+  References:
+    Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020 (soft Spearman
+    for label ranking).
+  """
+  u, v, weights, grouped = _spearman_parts(pred, target, axis=axis, target_soft=target_soft, groups=groups,
+                                           num_groups=num_groups, epsilon=epsilon, backend=backend,
+                                           options=options)
+  corr = jnp.sum(u * v, -1)
+  return jnp.sum(weights * corr) if grouped else corr
+
+
+def spearman_loss(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_soft: bool = False,
+                  groups: ArrayLike | None = None, num_groups: int | None = None, epsilon: float | None = None,
+                  backend: str = "pav", **options: Any) -> jax.Array:
+  r"""``1 - spearman_correlation(...)``: a loss in ``[0, 2]``, 0 when the ranks of ``pred`` match ``target``'s.
+
+  Written as a least-squares residual of the unit-norm centred rank vectors :math:`u` (of ``pred``) and
+  :math:`v` (of ``target``): :math:`1 - \rho = \tfrac12 \| u - v \|^2`, which is what
+  :func:`spearman_grad_hess` uses for its Gauss-Newton Hessian. Arguments as for
+  :func:`spearman_correlation`.
+
+  With ``groups``, ``backend="sinkhorn"`` needs concrete ``groups`` (it ranks groups of equal size together;
+  padding would change Sinkhorn's ranks), ``backend="pav"`` also works under ``jit`` (exactly: each group is
+  padded far above its maximum, which never changes the ranks of its entries).
+
+  Returns:
+    ``pred``'s shape without ``axis``; a scalar with ``groups`` (the mean over groups of ``1 - rho``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, otsort
+    >>> grad = jax.grad(otsort.losses.spearman_loss)(jnp.array([0.1, 0.4, 0.3]), jnp.array([1.0, 2.0, 3.0]))
+  """
+  return 1 - spearman_correlation(pred, target, axis=axis, target_soft=target_soft, groups=groups,
+                                  num_groups=num_groups, epsilon=epsilon, backend=backend, **options)
+
+
+def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike | None = None,
+                       num_groups: int | None = None, target_soft: bool = False, hessian: str = "diagonal",
+                       num_probes: int = 16, seed: int = 0, normalize: bool = True, epsilon: float | None = None,
+                       backend: str = "pav", **options: Any) -> tuple[np.ndarray, np.ndarray]:
+  r"""Per-example gradient and a positive diagonal Hessian of :func:`spearman_loss`, for gradient boosting.
+
+  Gradient-boosting libraries fit each tree to per-example first and second derivatives of the loss. This
+  returns them for the (grouped) Spearman loss of 1-D predictions as NumPy arrays.
+
+  The gradient is exact (``jax.grad``). The Hessian of :math:`1 - \rho = \tfrac12 \|e(p)\|^2`, with
+  :math:`e = u - v` the residual of unit-norm centred rank vectors, is replaced by its Gauss-Newton part
+  :math:`G = J_e^\top J_e` (positive semi-definite; the dropped term :math:`\sum_k e_k \nabla^2 e_k` is
+  indefinite and small near a good fit). Its diagonal :math:`G_{ii} = \mathbb{E}_z[(J_e^\top z)_i^2]` is
+  estimated with ``num_probes`` Rademacher vectors :math:`z` (Hutchinson/Bekas et al.), each one
+  vector-Jacobian product, so the cost is a few backward passes whatever ``n``:
+
+  - ``hessian="diagonal"``: the per-entry estimate, floored at 1% of its mean (entries whose soft rank does not
+    move, e.g. isolated blocks of the L2 projection, would get 0; the floor keeps Newton steps bounded).
+  - ``hessian="constant"``: the mean of the diagonal, :math:`\operatorname{tr}(G) / n`, for every entry: a much
+    less noisy estimate (it averages over ``n`` entries), i.e. gradient boosting with one curvature scale.
+
+  With ``normalize=True`` (default) both arrays are multiplied by the one constant that makes ``mean(hess) ==
+  1``: Newton leaf values :math:`-\sum g / \sum h` do not change, and the boosting libraries' per-example
+  defaults (xgboost ``min_child_weight=1``, ``reg_lambda=1``; lightgbm ``min_sum_hessian_in_leaf``) keep their
+  usual meaning (for squared error the Hessian is 1 per example). With ``normalize=False`` they are the
+  derivatives of ``spearman_loss`` itself.
+
+  To use it as a custom objective, see :func:`spearman_boosting_objective`.
+
+  Args:
+    pred: current predictions ``[n]`` (raw margins).
+    target: targets ``[n]``.
+    groups: optional integer group (era) ids ``[n]``: the loss is the mean over groups of ``1 - rho``.
+    num_groups: number of groups (inferred from ``groups`` when omitted).
+    target_soft: soft-rank the target too (see :func:`spearman_correlation`).
+    hessian: ``"diagonal"`` or ``"constant"``.
+    num_probes: number of random probes of the Gauss-Newton diagonal, >= 1.
+    seed: seed of the probes (the result is deterministic for a given seed).
+    normalize: scale gradient and Hessian so that the Hessian's mean is 1.
+    epsilon: regularization strength of the soft ranks; ``None``: the backend's default.
+    backend: ``"pav"`` or ``"sinkhorn"``.
+    **options: backend options.
+
+  Returns:
+    ``(grad, hess)``, two float64 NumPy arrays ``[n]``; ``hess > 0``.
+
+  Example:
+    >>> import numpy as np, otsort
+    >>> grad, hess = otsort.losses.spearman_grad_hess(np.random.randn(100), np.random.randn(100))
+
+  References:
+    Chen, Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016 (second-order boosting).
+    Bekas, Kokiopoulou, Saad, "An estimator for the diagonal of a matrix", Applied Numerical Mathematics, 2007.
+  """
+  _checks.check_choice("hessian", hessian, _HESSIANS)
+  if isinstance(num_probes, (bool, np.bool_)) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
+    raise ValueError(f"num_probes must be a positive int; got num_probes = {num_probes!r}")
+  if not isinstance(normalize, (bool, np.bool_)):
+    raise ValueError(f"normalize must be True or False; got normalize = {normalize!r}")
+  pred = np.asarray(pred)
+  if pred.ndim != 1:
+    raise ValueError(f"pred must be 1-D, one prediction per example; got pred.shape = {pred.shape}")
+  target = np.asarray(target)
+  _check_same_shape(pred, target)
+  groups = None if groups is None else np.asarray(groups)  # concrete: group sizes are known, any backend works
+  fn = _grad_and_probes(pred.shape[0], pred.dtype, groups, num_groups, bool(target_soft), int(num_probes),
+                        epsilon, backend, options)
+  grad, probes = fn(pred, target, jax.random.key(seed))
+  grad = np.asarray(grad, np.float64)
+  diag = np.mean(np.asarray(probes, np.float64)**2, axis=0)
+  mean = float(diag.mean()) if diag.size else 0.0
+  if not np.isfinite(mean) or mean <= 0:
+    mean = 1.0  # no entry's rank moves (e.g. epsilon far below the gaps of pred): the gradient is 0 too
+    diag = np.ones_like(diag)
+  hess = np.full_like(diag, mean) if hessian == "constant" else np.maximum(diag, 0.01 * mean)
+  if normalize:
+    scale = hess.mean()
+    grad, hess = grad / scale, hess / scale
+  return grad, hess
+
+
+_GRAD_CACHE: dict[Any, Callable] = {}
+
+
+def _grad_and_probes(n: int, dtype: Any, groups: np.ndarray | None, num_groups: Any, target_soft: bool,
+                     num_probes: int, epsilon: Any, backend: Any, options: dict) -> Callable:
+  """A jitted ``(pred, target, key) -> (grad, J^T z for num_probes probes z)``, cached per configuration so that
+  a boosting loop, which calls it every round with the same groups, compiles it once."""
+  try:
+    key = (n, str(dtype), None if groups is None else (groups.dtype.str, groups.tobytes()), num_groups,
+           target_soft, num_probes, epsilon, backend, tuple(sorted(options.items())))
+    hash(key)
+  except TypeError:  # an unhashable option value: compile without caching
+    key = None
+  if key is not None and key in _GRAD_CACHE:
+    return _GRAD_CACHE[key]
+
+  @jax.jit
+  def fn(pred, target, rng):
+
+    def residual(p):
+      u, v, weights, _ = _spearman_parts(p, target, axis=-1, target_soft=target_soft, groups=groups,
+                                         num_groups=num_groups, epsilon=epsilon, backend=backend,
+                                         options=options)
+      # 1/2 ||e||^2 = sum_g w_g (1 - rho_g) with sum_g w_g = 1 (ungrouped: one row, w = 1).
+      return (u - v) * jnp.sqrt(weights)[..., None]
+
+    e, vjp = jax.vjp(residual, pred)
+    signs = jax.random.rademacher(rng, (num_probes, *e.shape), e.dtype)
+    return vjp(e)[0], jax.vmap(lambda z: vjp(z)[0])(signs)
+
+  if key is not None:
+    if len(_GRAD_CACHE) >= 16:
+      _GRAD_CACHE.pop(next(iter(_GRAD_CACHE)))
+    _GRAD_CACHE[key] = fn
+  return fn
+
+
+def spearman_boosting_objective(*, groups: ArrayLike | None = None, **kwargs: Any
+                                ) -> Callable[[np.ndarray, Any], tuple[np.ndarray, np.ndarray]]:
+  r"""A custom objective ``obj(preds, data) -> (grad, hess)`` for xgboost and lightgbm, minimizing
+  :func:`spearman_loss`.
+
+  Both libraries' native training loops call a custom objective with the current raw predictions ``[n]`` and the
+  training set, and expect the per-example gradient and Hessian ``[n]``:
+
+  - xgboost: ``xgboost.train(params, dtrain, obj=obj)``, called as ``obj(preds, dtrain)``, ``dtrain`` an
+    ``xgboost.DMatrix``.
+  - lightgbm >= 4: ``lightgbm.train({"objective": obj, ...}, train_set)``, called as ``obj(preds, train_data)``,
+    ``train_data`` a ``lightgbm.Dataset`` (lightgbm < 4: ``lightgbm.train(params, train_set, fobj=obj)``).
+
+  The target is read with ``data.get_label()`` (both classes have it); ``data`` may also be the target array
+  itself. The scikit-learn wrappers (``XGBRegressor(objective=...)``, ``LGBMRegressor(objective=...)``) call
+  ``objective(y_true, y_pred)`` instead, arguments swapped: pass
+  ``lambda y_true, y_pred: obj(y_pred, y_true)``. Neither library is a dependency of otsort.
+
+  Args:
+    groups: optional era ids ``[n]`` of the training rows, in the order of the training set.
+    **kwargs: keyword arguments of :func:`spearman_grad_hess` (``epsilon``, ``hessian``, ``backend``, ...).
+
+  Returns:
+    ``obj(preds, data) -> (grad, hess)``.
+
+  Example:
+    >>> obj = otsort.losses.spearman_boosting_objective(groups=eras, epsilon=0.1)
+    >>> booster = xgboost.train({"tree_method": "hist"}, xgboost.DMatrix(X, y), 100, obj=obj)
+  """
+  groups = None if groups is None else np.asarray(groups)
+
+  def objective(preds: np.ndarray, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    target = data.get_label() if hasattr(data, "get_label") else data
+    return spearman_grad_hess(np.asarray(preds).reshape(-1), np.asarray(target).reshape(-1), groups=groups,
+                              **kwargs)
+
+  return objective
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classification
+
+
+def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int = -1,
+                    epsilon: float | None = None, backend: str = "pav", **options: Any) -> jax.Array:
+  r"""Soft top-k error: a hinge on the soft rank of the true class against the top-k boundary, in [0, 1].
+
+  With :math:`r_\varepsilon` the soft ranks of the logits in decreasing order (0 for the top class) and
+  :math:`C` classes,
+
+  .. math::
+
+    \ell_\varepsilon(z, y) = \frac{\max(0, \; r_\varepsilon(z)_y - (k - 1))}{C - k}.
+
+  As :math:`\varepsilon \to 0` the soft ranks are the hard ones: the loss is 0 exactly when the true class is
+  among the k largest logits (the top-k 0/1 error is ``loss > 0``), and otherwise it grows with how many
+  classes beat the boundary, from :math:`1/(C - k)` to 1, so it is bounded by the top-k error and bounds it
+  times :math:`1/(C - k)`.
+
+  Why a hinge on the rank rather than ``1 - topk_mask(z, k)[y]`` or a hinge capped at 1 (both exactly the 0/1
+  error in the limit): those are flat for every example whose true class is clearly outside the top k, so the
+  examples that most need a gradient get none (the L2 mask is sparse; a capped hinge saturates). On scikit-learn's
+  digits (``tutorials/topk_classification.py``) a CNN trained on the capped hinge stays at chance (11%), on
+  ``1 - topk_mask`` (L2, k = 1) at 59%, and on this loss at 96%. The rank keeps moving until the true class
+  reaches the top k, which is the top-k loss of Cuturi et al. (2019) with soft ranks (Blondel et al., 2020).
+
+  Args:
+    logits: scores ``[..., C, ...]``, the classes along ``axis``.
+    labels: integer class ids, ``logits``' shape without ``axis``, in ``[0, C)``.
+    k: the number of top classes that count as correct, an int in ``[1, C]`` (``k = C``: the loss is 0).
+    axis: the class axis.
+    epsilon: regularization strength of the soft ranks, > 0; ``None`` picks the backend's default (``pav``:
+      1.0, ``sinkhorn``: 1e-2). ``pav`` ranks depend on ``logits / epsilon``.
+    backend: ``"pav"`` or ``"sinkhorn"``.
+    **options: backend options, as for :func:`otsort.ranks`.
+
+  Returns:
+    The per-example losses, ``labels``' shape.
+
+  Example:
+    >>> import otsort
+    >>> otsort.losses.soft_topk_error([[1.0, 3.0, 2.0]], [2], 2, epsilon=1e-3)
+    Array([0.], dtype=float32)
+
+  References:
+    Cuturi, Teboul, Vert, "Differentiable Ranks and Sorting using Optimal Transport", NeurIPS 2019.
+    Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020.
+    Berrada, Zisserman, Kumar, "Smooth Loss Functions for Deep Top-k Classification", ICLR 2018.
+    Petersen, Kuehne, Borgelt, Deussen, "Differentiable Top-k Classification Learning", ICML 2022.
+  """
+  logits = jnp.asarray(logits)
+  if logits.ndim == 0:
+    raise ValueError("logits must have a class axis; got a scalar")
+  axis = _checks.normalize_axis(axis, logits.ndim)
+  num_classes = logits.shape[axis]
+  if num_classes < 2:
+    raise ValueError(f"logits must hold at least 2 classes along axis; got logits.shape[axis] = {num_classes}")
+  if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_classes:
+    raise ValueError(f"k must be an int in [1, C] with C = logits.shape[axis] = {num_classes}; got k = {k!r}")
+  concrete = _is_concrete(labels)
+  labels = np.asarray(labels) if concrete else labels  # NumPy stays NumPy (and concrete) under jit
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"labels must be integer class ids; got dtype {labels.dtype}")
+  batch_shape = logits.shape[:axis] + logits.shape[axis + 1:]
+  if labels.shape != batch_shape:
+    raise ValueError(f"labels must have logits' shape without the class axis, {batch_shape}; got labels.shape = "
+                     f"{labels.shape} (logits.shape = {logits.shape}, axis = {axis})")
+  if concrete and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    raise ValueError(f"labels must be class ids in [0, C) = [0, {num_classes}); got {bad.ravel()[0]}")
+  labels = jnp.asarray(labels)
+  ranks = _api.ranks(logits, axis=axis, descending=True, epsilon=epsilon, backend=backend, **options)
+  ranks = jnp.moveaxis(ranks, axis, -1)
+  onehot = labels[..., None] == jnp.arange(num_classes)
+  true_rank = jnp.sum(jnp.where(onehot, ranks, 0), -1)
+  true_rank = jnp.where(jnp.any(onehot, -1), true_rank, jnp.nan)  # an out-of-range label under jit
+  if k == num_classes:
+    return jnp.zeros_like(true_rank)
+  return jnp.maximum(true_rank - (k - 1), 0) / (num_classes - k)
+
+
+def soft_error(logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, epsilon: float | None = None,
+               backend: str = "pav", **options: Any) -> jax.Array:
+  r"""Soft 0/1 error: the soft rank of the true class counted from the top, divided by ``C - 1``, in [0, 1].
+
+  :math:`\ell_\varepsilon(z, y) = r_\varepsilon(z)_y / (C - 1)` with :math:`r_\varepsilon` the decreasing soft
+  ranks; this is :func:`soft_topk_error` with ``k = 1``. As :math:`\varepsilon \to 0` it is 0 exactly when the
+  true class has the largest logit (the 0/1 error is ``loss > 0``) and otherwise the hard rank over ``C - 1``:
+  ``zero_one / (C - 1) <= loss <= zero_one``. See :func:`soft_topk_error` for why it is not capped at 1.
+
+  Args:
+    logits: scores ``[..., C, ...]``, the classes along ``axis``.
+    labels: integer class ids in ``[0, C)``, ``logits``' shape without ``axis``.
+    axis: the class axis.
+    epsilon: regularization strength, > 0; ``None`` picks the backend's default.
+    backend: ``"pav"`` or ``"sinkhorn"``.
+    **options: backend options.
+
+  Returns:
+    The per-example losses, ``labels``' shape.
+
+  Example:
+    >>> import otsort
+    >>> otsort.losses.soft_error([[1.0, 3.0, 2.0]], [2], epsilon=1e-3)
+    Array([0.5], dtype=float32)
+
+  References:
+    Cuturi, Teboul, Vert, "Differentiable Ranks and Sorting using Optimal Transport", NeurIPS 2019.
+  """
+  return soft_topk_error(logits, labels, 1, axis=axis, epsilon=epsilon, backend=backend, **options)
