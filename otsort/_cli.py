@@ -113,7 +113,8 @@ def compare(args: argparse.Namespace) -> None:
     raise _UsageError(f"cannot create the output folder {str(out)!r}: {error}") from None
   from otsort import _compare
 
-  rows = _compare.compare(small=args.small)
+  rows = _compare.compare(methods=_compare.available_methods(), **_compare.settings(small=args.small))
+  print(_compare.markdown_table(rows))
   for path in _compare.write_report(rows, out):
     print(f"wrote {path}")
 

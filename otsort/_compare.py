@@ -59,6 +59,13 @@ _PLOTS = {
 }
 
 
+def settings(*, small: bool) -> dict[str, Any]:
+  """The sweep the tutorial and ``otsort compare`` run: ``small`` takes seconds, the full one about a minute."""
+  if small:
+    return dict(n=32, batch=8, epsilons=tuple(np.logspace(-3, 1, 5)), repeats=5)
+  return dict(n=200, batch=64, epsilons=tuple(np.logspace(-3, 1, 9)), repeats=20)
+
+
 def available_methods() -> tuple[str, ...]:
   """The methods whose backend this installation provides (``sinkhorn`` only once it is wired in)."""
   return tuple(name for name, (backend, _) in METHODS.items() if backend in _api.BACKENDS)

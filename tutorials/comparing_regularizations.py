@@ -48,10 +48,7 @@ parser.add_argument("--small", action="store_true", help="5 epsilons, 8 rows of 
 parser.add_argument("--out", default=str(Path("tutorials") / "out"), help="output folder (default tutorials/out)")
 args, _ = parser.parse_known_args()  # known args only: a notebook kernel passes its own
 
-if args.small:
-  settings = dict(n=32, batch=8, epsilons=np.logspace(-3, 1, 5), repeats=5)
-else:
-  settings = dict(n=200, batch=64, epsilons=np.logspace(-3, 1, 9), repeats=20)
+settings = _compare.settings(small=args.small)
 methods = _compare.available_methods()
 print(f"methods: {', '.join(methods)}; n = {settings['n']}, batch = {settings['batch']}")
 
