@@ -1,0 +1,1 @@
+"""otsort's benchmark harness: ``python -m benchmarks`` (see README.md in this folder)."""

@@ -1,0 +1,326 @@
+"""The methods compared: otsort's backends, the hard floor (jnp) and the anchors (ott-jax, jaxopt, torchsort).
+
+Every method computes soft ``ranks`` and/or soft ``sort`` of float32 rows ``[batch, n]`` along the last axis,
+0-based ranks, ascending. ``prepare`` binds a method to one input and returns a no-argument call that blocks
+until its result is ready:
+
+- mode ``"fwd"``: the call returns the output ``[batch, n]``;
+- mode ``"fwd+bwd"``: the call returns ``d/dx sum(w * op(x))`` for a fixed random ``w`` (one VJP).
+
+JAX methods run under ``jax.jit``; torchsort runs eagerly with ``torch.set_num_threads(2)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Callable
+
+import numpy as np
+
+OPS = ("ranks", "sort")
+MODES = ("fwd", "fwd+bwd")
+
+Call = Callable[[], object]
+
+
+def summarize(error: BaseException) -> str:
+  """One line for a table: the innermost ``SomeError: message`` line of the text (a runtime error raised in
+  a callback carries the original traceback in its message), else the first line."""
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  inner = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\w*: ", line)]
+  if inner:
+    return inner[-1][:200]
+  return f"{type(error).__name__}: {lines[0][:160] if lines else ''}"
+
+
+class Method:
+  """Base class. Subclasses set the class attributes and implement ``_row_fn`` or ``prepare``."""
+
+  key: str = ""  # the name given to --methods
+  ops: tuple[str, ...] = OPS
+  epsilon: str = "-"
+  complexity: str = "nlogn"  # "nlogn" or "n2": how the cost of a row grows, to predict slow cells
+  note: str = ""  # what the report should say about how this method was run
+
+  def label(self, op: str) -> str:
+    raise NotImplementedError
+
+  def unavailable(self) -> str | None:
+    """None when the method can run here, else why not."""
+    return None
+
+  def skip(self, op: str, mode: str, batch: int, n: int) -> str | None:
+    """None when the cell should run, else why it is left out."""
+    return None
+
+  def cost(self, batch: int, n: int) -> float:
+    """Relative cost of a cell, to extrapolate a measured time to a larger cell."""
+    return batch * (float(n) ** 2 if self.complexity == "n2" else n * np.log2(n + 1.0))
+
+  def prepare(self, op: str, mode: str, x: np.ndarray, w: np.ndarray) -> Call:
+    import jax
+    import jax.numpy as jnp
+
+    fn = self._row_fn(op)
+    xd, wd = jnp.asarray(x), jnp.asarray(w)
+    if mode == "fwd":
+      compiled = jax.jit(fn)
+      return lambda: compiled(xd).block_until_ready()
+    compiled = jax.jit(jax.grad(lambda x, w: jnp.sum(w * fn(x))))
+    return lambda: compiled(xd, wd).block_until_ready()
+
+  def _row_fn(self, op: str) -> Callable:
+    raise NotImplementedError
+
+
+class OtsortPav(Method):
+  def __init__(self, key: str, impl: str, regularization: str):
+    from otsort.pav import _backend
+
+    self.key, self.impl, self.regularization = key, impl, regularization
+    self.epsilon = f"{_backend.DEFAULT_EPSILON:g}"
+
+  def label(self, op):
+    return f"otsort pav {self.impl} {self.regularization}"
+
+  def unavailable(self):
+    import jax.numpy as jnp
+    import otsort
+
+    try:
+      otsort.ranks(jnp.ones((1, 3)), impl=self.impl, regularization=self.regularization)
+    except Exception as error:  # noqa: BLE001 - any failure means the row cannot run
+      return summarize(error)
+    return None
+
+  def _row_fn(self, op):
+    import otsort
+
+    return functools.partial(getattr(otsort, op), impl=self.impl, regularization=self.regularization)
+
+
+class OtsortSinkhorn(Method):
+  key = "sinkhorn"
+  complexity = "n2"
+
+  def label(self, op):
+    return "otsort sinkhorn"
+
+  def unavailable(self):
+    import jax.numpy as jnp
+    import otsort
+
+    try:
+      otsort.ranks(jnp.ones((1, 3)), backend="sinkhorn")
+      from otsort.sinkhorn import DEFAULT_EPSILON
+    except Exception as error:  # noqa: BLE001
+      return f"otsort.ranks(x, backend='sinkhorn') does not work yet ({summarize(error)})"
+    self.epsilon = f"{DEFAULT_EPSILON:g}"
+    return None
+
+  def skip(self, op, mode, batch, n):
+    return "n > 1000 (O(n^2) transport)" if n > 1000 else None
+
+  def _row_fn(self, op):
+    import otsort
+
+    return functools.partial(getattr(otsort, op), backend="sinkhorn")
+
+
+class Jnp(Method):
+  """The hard floor: ``jnp.argsort`` for ranks (integer output, no gradient), ``jnp.sort`` for sort."""
+
+  key = "jnp"
+
+  def label(self, op):
+    return "jnp.argsort" if op == "ranks" else "jnp.sort"
+
+  def skip(self, op, mode, batch, n):
+    return "integer output, no gradient" if op == "ranks" and mode == "fwd+bwd" else None
+
+  def _row_fn(self, op):
+    import jax.numpy as jnp
+
+    return functools.partial(jnp.argsort if op == "ranks" else jnp.sort, axis=-1)
+
+
+class Ott(Method):
+  """``ott.tools.soft_sort.ranks`` / ``sort`` with its defaults: epsilon 1e-2 on sigmoid-squashed inputs,
+  n equispaced targets on [0, 1] (the same as otsort's sinkhorn defaults)."""
+
+  key = "ott"
+  complexity = "n2"
+  epsilon = "0.01"
+
+  def label(self, op):
+    import ott
+
+    return f"ott-jax {ott.__version__} soft_sort"
+
+  def unavailable(self):
+    try:
+      import ott.tools.soft_sort  # noqa: F401
+    except Exception as error:  # noqa: BLE001
+      return summarize(error)
+    return None
+
+  def skip(self, op, mode, batch, n):
+    return "n > 1000 (O(n^2) transport)" if n > 1000 else None
+
+  def _row_fn(self, op):
+    from ott.tools import soft_sort
+
+    return functools.partial(getattr(soft_sort, op), axis=-1, epsilon=1e-2)
+
+
+def _jaxopt_ranks_row(x, epsilon):
+  """L2 soft ranks (0-based) from jaxopt's isotonic solver: the projection of x / epsilon onto the
+  permutahedron of rho = (n, ..., 1), P(z, rho) = z - v[argsort^-1], v the decreasing isotonic regression of
+  sort_desc(z) - rho (Blondel et al., 2020, Prop. 3)."""
+  import jax.numpy as jnp
+  from jaxopt.isotonic import isotonic_l2_pav
+
+  n = x.shape[0]
+  z = x / epsilon
+  rho = jnp.arange(n, 0, -1, dtype=x.dtype)
+  order = jnp.argsort(-z)
+  z_sorted = z[order]
+  v = isotonic_l2_pav(z_sorted - rho, increasing=False)
+  return jnp.zeros_like(z).at[order].set(z_sorted - v) - 1
+
+
+def _jaxopt_sort_row(x, epsilon):
+  """L2 soft sort (ascending) from jaxopt's isotonic solver: minus the projection of rho / epsilon onto the
+  permutahedron of -x, i.e. rho / epsilon - v with v the decreasing isotonic regression of
+  rho / epsilon - sort_desc(-x)."""
+  import jax.numpy as jnp
+  from jaxopt.isotonic import isotonic_l2_pav
+
+  n = x.shape[0]
+  rho = jnp.arange(n, 0, -1, dtype=x.dtype) / epsilon
+  w = -jnp.sort(x)  # sort_desc(-x)
+  return -(rho - isotonic_l2_pav(rho - w, increasing=False))
+
+
+class Jaxopt(Method):
+  """jaxopt's isotonic regression (``jaxopt.isotonic.isotonic_l2_pav``, numba PAV in a ``pure_callback``,
+  rows one after the other) inside the L2 soft rank / soft sort of Blondel et al. (argsort, PAV, unsort in
+  JAX), vmapped over rows, at otsort pav's default epsilon. Its JVP builds an n x n matrix per row."""
+
+  key = "jaxopt"
+  epsilon = "1"
+  max_grad_elements = 6.6e7  # batch * n^2 of jaxopt's dense JVP (float32: ~264 MB per temporary)
+
+  def label(self, op):
+    return "jaxopt isotonic l2 (numba)"
+
+  def unavailable(self):
+    try:
+      import jax.numpy as jnp
+      import numba  # noqa: F401
+      from jaxopt._src import isotonic
+    except Exception as error:  # noqa: BLE001
+      return summarize(error)
+    try:
+      isotonic.isotonic_l2_pav(jnp.arange(3.0)).block_until_ready()
+      return None
+    except Exception as error:  # noqa: BLE001
+      failure = summarize(error)
+      detail = re.search(r"Unknown attribute .*? of type readonly buffer[^\n]*", str(error))
+      failure += f": {detail.group(0)}" if detail else ""
+    # jaxopt 0.8.5 on jax >= 0.7: pure_callback hands the numba kernel a read-only buffer, which numba cannot
+    # type. The only change: the kernel receives np.asarray of it. jaxopt's custom_jvp and JVP are untouched.
+    kernel = isotonic._isotonic_l2_pav_numba
+    if not getattr(kernel, "_otsort_bench_wrapped", False):
+      wrapped = lambda y: kernel(np.asarray(y))
+      wrapped._otsort_bench_wrapped = True
+      isotonic._isotonic_l2_pav_numba = wrapped
+    try:
+      isotonic.isotonic_l2_pav(jnp.arange(3.0)).block_until_ready()
+    except Exception as error:  # noqa: BLE001
+      return f"{failure}; still failing with the callback argument wrapped in np.asarray: {summarize(error)}"
+    self.note = (f"jaxopt.isotonic.isotonic_l2_pav fails as installed ({failure}); timed with its numba kernel "
+                 "called on np.asarray(y) inside jaxopt's own pure_callback and custom_jvp, nothing else changed.")
+    return None
+
+  def skip(self, op, mode, batch, n):
+    if mode == "fwd+bwd" and batch * float(n) ** 2 > self.max_grad_elements:
+      return f"jaxopt's JVP is dense: batch*n^2 = {batch * float(n) ** 2:.1e} floats per temporary"
+    return None
+
+  def _row_fn(self, op):
+    import jax
+
+    row = _jaxopt_ranks_row if op == "ranks" else _jaxopt_sort_row
+    return jax.vmap(functools.partial(row, epsilon=1.0))
+
+
+class Torchsort(Method):
+  """torchsort's CPU ``soft_rank`` / ``soft_sort`` (L2, regularization_strength 1.0 = otsort pav's default
+  epsilon), eager, ``threads`` threads (2 by default); ranks shifted to 0-based."""
+
+  key = "torchsort"
+  epsilon = "1"
+  threads = 2  # torch.set_num_threads; --torch-threads
+
+  def label(self, op):
+    from importlib import metadata
+
+    return f"torchsort {metadata.version('torchsort')} {'soft_rank' if op == 'ranks' else 'soft_sort'} l2"
+
+  def unavailable(self):
+    try:
+      import torch
+      import torchsort
+
+      torch.set_num_threads(self.threads)
+      torchsort.soft_rank(torch.ones((1, 3)))
+    except Exception as error:  # noqa: BLE001
+      return summarize(error)
+    return None
+
+  def prepare(self, op, mode, x, w):
+    import torch
+    import torchsort
+
+    torch.set_num_threads(self.threads)
+    if op == "ranks":
+      fn = lambda t: torchsort.soft_rank(t, regularization="l2", regularization_strength=1.0) - 1
+    else:
+      fn = lambda t: torchsort.soft_sort(t, regularization="l2", regularization_strength=1.0)
+    xt, wt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(w))
+    if mode == "fwd":
+
+      def forward():
+        with torch.no_grad():
+          return fn(xt)
+
+      return forward
+    xr = xt.clone().requires_grad_(True)
+
+    def forward_backward():
+      xr.grad = None
+      (wt * fn(xr)).sum().backward()
+      return xr.grad
+
+    return forward_backward
+
+
+def all_methods() -> list[Method]:
+  return [
+      OtsortPav("pav-native-l2", "native", "l2"),
+      OtsortPav("pav-native-kl", "native", "kl"),
+      OtsortPav("pav-xla", "xla", "l2"),
+      OtsortSinkhorn(),
+      Jnp(),
+      Ott(),
+      Jaxopt(),
+      Torchsort(),
+  ]
+
+
+def to_numpy(value) -> np.ndarray:
+  if hasattr(value, "detach"):
+    value = value.detach().numpy()
+  return np.asarray(value)
