@@ -5,12 +5,30 @@ ICML 2020) and ``sinkhorn`` (entropic optimal transport, Cuturi et al., NeurIPS 
 along ``axis`` (the last by default) of an array of any shape.
 """
 
+from otsort import filters
+from otsort import losses
 from otsort._api import quantile
+from otsort._api import quantile_normalization
+from otsort._api import quantize
 from otsort._api import ranks
 from otsort._api import sort
+from otsort._api import sort_with
 from otsort._api import topk
 from otsort._api import topk_mask
+from otsort.sinkhorn import TargetMeasure
 
 __version__ = "0.1.0"
 
-__all__ = ["quantile", "ranks", "sort", "topk", "topk_mask"]
+__all__ = [
+    "TargetMeasure",
+    "filters",
+    "losses",
+    "quantile",
+    "quantile_normalization",
+    "quantize",
+    "ranks",
+    "sort",
+    "sort_with",
+    "topk",
+    "topk_mask",
+]

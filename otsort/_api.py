@@ -11,6 +11,7 @@ in their own dtype; integers and booleans are promoted to JAX's default float dt
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any, Callable, Sequence
 
@@ -22,13 +23,15 @@ import numpy as np
 
 from otsort import _checks
 from otsort.pav import _backend as _pav
+from otsort.sinkhorn import _backend as _sinkhorn
 
-BACKENDS = ("pav",)
+_MODULES = {"pav": _pav, "sinkhorn": _sinkhorn}
+BACKENDS = tuple(_MODULES)
 
 
 def _backend_module(backend: Any) -> types.ModuleType:
   _checks.check_choice("backend", backend, BACKENDS)
-  return {"pav": _pav}[backend]
+  return _MODULES[backend]
 
 
 def _float_dtypes(dtype) -> tuple[jnp.dtype, jnp.dtype]:
@@ -44,21 +47,42 @@ def _float_dtypes(dtype) -> tuple[jnp.dtype, jnp.dtype]:
   return dtype, dtype
 
 
-def _map_over_shards(fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
-  """Runs ``fn`` (rows in, rows out, last axis whole) on each device's own rows when ``x`` is sharded over a mesh
-  with explicit axes. Without explicit axes XLA's partitioner does the same through the kernels' partitioning
-  rules, so ``fn`` is simply called."""
+def _map_over_shards(fn: Callable[..., jax.Array], x: jax.Array, aligned: tuple, shared: tuple) -> jax.Array:
+  """``fn(x, *aligned, *shared)``, on each device's own rows when ``x`` is sharded over a mesh with explicit axes.
+
+  ``x`` is ``[..., n]``; ``aligned`` arrays share its leading dimensions, ``shared`` ones are whole on every
+  device. Without explicit axes, XLA's partitioner does the same through the kernels' partitioning rules, so
+  ``fn`` is simply called.
+  """
   sharding = jax.typeof(x).sharding
   explicit = set(getattr(sharding.mesh, "explicit_axes", ()))
   spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
   named = lambda entry: {entry} if isinstance(entry, str) else set(entry or ())
   if not any(named(entry) & explicit for entry in spec):
-    return fn(x)
-  rows_spec = PartitionSpec(*spec[:-1], None)
-  if spec[-1] is not None:
-    x = jax.sharding.reshard(x, rows_spec)  # each row must sit whole on one device
+    return fn(x, *aligned, *shared)
+  rows = PartitionSpec(*spec[:-1])  # the leading dimensions as they are; each row whole on one device
+  x, *aligned = (jax.sharding.reshard(a, rows) for a in (x, *aligned))
+  shared = tuple(jax.sharding.reshard(a, PartitionSpec()) for a in shared)
+  specs = (rows,) * (1 + len(aligned)) + (PartitionSpec(),) * len(shared)
   # check_vma=False: the native calls carry no varying-axes types, and fn uses no collectives.
-  return jax.shard_map(fn, mesh=sharding.mesh, in_specs=rows_spec, out_specs=rows_spec, check_vma=False)(x)
+  return jax.shard_map(fn, mesh=sharding.mesh, in_specs=specs, out_specs=rows, check_vma=False)(
+      x, *aligned, *shared)
+
+
+@functools.partial(jax.jit, static_argnames=("op", "epsilon", "options", "static"))
+def _apply_on_rows(x: jax.Array, aligned: tuple, shared: tuple, *, op: Callable, epsilon: float, options: Any,
+                   static: tuple) -> jax.Array:
+  """Flattens ``x [..., n]`` (and ``aligned [..., n, ...]``) into rows, applies the backend ``op``, and puts the
+  leading dimensions back: ``[..., m, ...]``. Jitted, so that eager calls compile once per configuration."""
+  lead = x.shape[:-1]
+
+  def on_rows(x, *operands):
+    rows = x.reshape(-1, x.shape[-1])
+    flat = [a.reshape(rows.shape[0], *a.shape[len(lead):]) for a in operands[:len(aligned)]]
+    out = op(rows, *flat, *operands[len(aligned):], epsilon=epsilon, options=options, **dict(static))
+    return out.reshape(*x.shape[:-1], *out.shape[1:])
+
+  return _map_over_shards(on_rows, x, aligned, shared)
 
 
 class _Call:
@@ -71,24 +95,26 @@ class _Call:
     x = jnp.asarray(x)
     if x.ndim == 0:
       raise ValueError("x must have at least one dimension to work along; got a scalar")
+    self.shape = x.shape
     self.axis = _checks.normalize_axis(axis, x.ndim)
     self.compute_dtype, self.out_dtype = _float_dtypes(x.dtype)
     self.x = jnp.moveaxis(x.astype(self.compute_dtype), self.axis, -1)
     self.n = self.x.shape[-1]
 
-  def run(self, op: Callable[..., jax.Array], length: int, **kwargs) -> jax.Array:
-    """Applies the backend's ``op`` (rows ``[batch, n]`` to ``[batch, m]``) along ``axis``; ``length`` is the
-    m an empty input gets (a backend option may change it, e.g. sinkhorn's ``num_targets``)."""
+  def run(self, op: Callable[..., jax.Array], length: int, *, aligned: tuple = (), shared: tuple = (),
+          **static) -> jax.Array:
+    """Applies the backend's ``op`` (rows ``[batch, n]`` to ``[batch, m]``) along ``axis``.
 
-    def on_rows(x):
-      out = op(x.reshape(-1, self.n), epsilon=self.epsilon, options=self.options, **kwargs)
-      return out.reshape(*x.shape[:-1], out.shape[-1])
-
+    ``length`` is the m an empty input gets (a backend option may change it, e.g. sinkhorn's ``num_targets``).
+    ``aligned`` arrays ``[..., n, ...]`` are cut into rows with ``x`` (their ``axis`` already moved to
+    ``x.ndim - 1``); ``shared`` arrays go to every row; ``static`` keywords are passed as they are.
+    """
     if self.x.size == 0:
       out = jnp.zeros((*self.x.shape[:-1], length), self.compute_dtype)
     else:
-      out = _map_over_shards(on_rows, self.x)
-    return jnp.moveaxis(out.astype(self.out_dtype), -1, self.axis)
+      out = _apply_on_rows(self.x, aligned, shared, op=op, epsilon=self.epsilon, options=self.options,
+                           static=tuple(sorted(static.items())))
+    return jnp.moveaxis(out.astype(self.out_dtype), self.x.ndim - 1, self.axis)
 
   def check_k(self, k: Any) -> int:
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n:
@@ -283,3 +309,107 @@ def topk_mask(x: ArrayLike, k: int, *, axis: int = -1, epsilon: float | None = N
   call = _Call(x, axis, backend, epsilon, options)
   k = call.check_k(k)
   return call.run(call.module.topk_mask, call.n, k=k)
+
+
+def _sinkhorn_only(name: str, backend: Any) -> None:
+  if backend != "sinkhorn":
+    raise ValueError(f"{name} exists on the sinkhorn backend only: it reads the transport plan onto a target "
+                     f"measure, which the pav projections do not have; got backend = {backend!r}")
+
+
+def quantize(x: ArrayLike, num_levels: int, *, axis: int = -1, epsilon: float | None = None,
+             backend: str = "sinkhorn", **options: Any) -> jax.Array:
+  r"""Soft quantization onto ``num_levels`` levels (``sinkhorn`` backend only, as ``ott.tools.soft_sort``).
+
+  Each row is transported onto ``num_levels`` uniform targets; each input is then replaced by the average
+  level it is sent to. As :math:`\varepsilon \to 0` every value is replaced by the mean of its quantile bin.
+
+  Args:
+    x: input array ``[..., n, ...]``.
+    num_levels: the number of levels, >= 2.
+    axis: the axis to quantize along.
+    epsilon: entropic regularization, > 0; ``None`` for the default 1e-2.
+    backend: ``"sinkhorn"``.
+    **options: sinkhorn options (solver settings; target options are not allowed here).
+
+  Returns:
+    An array of the shape of ``x``.
+
+  References:
+    Cuturi, Teboul, Vert, "Differentiable Ranks and Sorting using Optimal Transport", NeurIPS 2019.
+  """
+  _sinkhorn_only("quantize", backend)
+  call = _Call(x, axis, backend, epsilon, options)
+  return call.run(call.module.quantize, call.n, num_levels=num_levels)
+
+
+def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis: int = -1,
+              epsilon: float | None = None, backend: str = "sinkhorn", **options: Any) -> jax.Array:
+  r"""Soft-sorts ``values`` by the criterion ``x`` (``sinkhorn`` backend only), like ``values[argsort(x)]``.
+
+  Each output is the average of the ``values`` sent to one target of the transport of ``x``.
+
+  Args:
+    x: the criterion ``[..., n, ...]``.
+    values: ``x.shape`` followed by any feature dimensions ``[..., n, ..., *features]``; sorted along ``axis``.
+    topk: ``None`` sorts all values in increasing order of ``x``; an int ``k`` keeps the values of the ``k``
+      largest criteria, in decreasing order like :func:`topk`.
+    axis: the axis of ``x`` (and ``values``) to sort along.
+    epsilon: entropic regularization, > 0; ``None`` for the default 1e-2.
+    backend: ``"sinkhorn"``.
+    **options: sinkhorn options.
+
+  Returns:
+    ``values`` with ``axis`` of size n (or ``k``, or the number of targets).
+  """
+  _sinkhorn_only("sort_with", backend)
+  call = _Call(x, axis, backend, epsilon, options)
+  values = jnp.asarray(values, call.compute_dtype)
+  if values.shape[:len(call.shape)] != call.shape:
+    raise ValueError(f"values must have x's shape {call.shape} followed by feature dimensions; got "
+                     f"values.shape = {values.shape}")
+  if topk is not None:
+    topk = call.check_k(topk)
+  features = values.shape[call.x.ndim:]
+  moved = jnp.moveaxis(values, call.axis, call.x.ndim - 1)
+
+  def op(rows, other, *, topk, epsilon, options):
+    out = call.module.sort_with(rows, other.reshape(*other.shape[:2], -1), topk, epsilon=epsilon, options=options)
+    return out.reshape(*out.shape[:2], *features)
+
+  if call.x.size == 0:
+    return jnp.moveaxis(jnp.zeros((*call.x.shape[:-1], topk or call.n, *features), call.out_dtype),
+                        call.x.ndim - 1, call.axis)
+  out = _apply_on_rows(call.x, (moved,), (), op=op, epsilon=call.epsilon, options=call.options,
+                       static=(("topk", topk),))
+  return jnp.moveaxis(out.astype(call.out_dtype), call.x.ndim - 1, call.axis)
+
+
+def quantile_normalization(x: ArrayLike, targets: ArrayLike, *, weights: ArrayLike | None = None, axis: int = -1,
+                           epsilon: float | None = None, backend: str = "sinkhorn", **options: Any) -> jax.Array:
+  r"""Soft quantile normalization (``sinkhorn`` backend only): gives each row the distribution of ``targets``
+  while keeping its order.
+
+  Args:
+    x: input array ``[..., n, ...]``.
+    targets: ``[m]`` values, sorted increasingly, that the rows are mapped onto.
+    weights: ``None`` (uniform) or ``[m]`` positive weights summing to 1 (concrete values).
+    axis: the axis to normalize along.
+    epsilon: entropic regularization, > 0; ``None`` for the default 1e-2.
+    backend: ``"sinkhorn"``.
+    **options: sinkhorn options (solver settings).
+
+  Returns:
+    An array of the shape of ``x``.
+
+  References:
+    Cuturi, Teboul, Niles-Weed, Vert, "Supervised Quantile Normalization for Low-rank Matrix Approximation",
+    ICML 2020.
+  """
+  _sinkhorn_only("quantile_normalization", backend)
+  call = _Call(x, axis, backend, epsilon, options)
+  targets = jnp.asarray(targets, call.compute_dtype)
+  if targets.ndim != 1:
+    raise ValueError(f"targets must be a 1-D array [m]; got targets.shape = {targets.shape}")
+  weights = None if weights is None else tuple(float(w) for w in np.asarray(weights, np.float64).reshape(-1))
+  return call.run(call.module.quantile_normalization, call.n, shared=(targets,), weights=weights)

@@ -13,6 +13,7 @@ CONFIGS = {
     "pav-l2": ("pav", {}, 1e-3, 1e-4),
     "pav-kl": ("pav", {"regularization": "kl"}, 1e-3, 1e-4),
     "pav-xla": ("pav", {"impl": "xla"}, 1e-3, 1e-4),
+    "sinkhorn": ("sinkhorn", {}, 1e-4, 2e-2),
 }
 OPS = ("sort", "ranks", "quantile", "topk", "topk_mask")
 
@@ -27,12 +28,30 @@ def _apply(op, x, backend, options, **kwargs):
   return getattr(otsort, op)(x, **extra, backend=backend, **options, **kwargs)
 
 
-def _hard(op, x, axis=-1):
+def _window_quantile(x, levels):
+  """The hard limit of the sinkhorn quantile: the mean of the sorted values over a window of cumulative mass
+  w around each level (each value holds mass 1/n), w = min(0.02, 1.5/n, 0.5/len(q), half the smallest gap)."""
+  n = x.shape[-1]
+  s = np.sort(x, axis=-1)
+  gaps = np.diff(np.concatenate([[0.0], np.unique(levels), [1.0]]))
+  w = min(0.02, 1.5 / n, 0.5 / len(levels), 0.5 * gaps[gaps > 0].min())
+  out = []
+  for level in levels:
+    lo = np.clip(level - w / 2, 0, 1 - w)
+    cells = np.arange(n) / n
+    overlap = np.clip(np.minimum(cells + 1 / n, lo + w) - np.maximum(cells, lo), 0, None)
+    out.append((s * overlap).sum(-1) / w)
+  return np.stack(out, -1)
+
+
+def _hard(op, x, axis=-1, backend="pav"):
   x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
   if op == "sort":
     out = np.sort(x, axis=-1)
   elif op == "ranks":
     out = np.argsort(np.argsort(x, axis=-1), axis=-1).astype(np.float64)
+  elif op == "quantile" and backend == "sinkhorn":
+    out = _window_quantile(x, [0.25, 0.5, 0.9])
   elif op == "quantile":
     out = np.moveaxis(np.quantile(x, [0.25, 0.5, 0.9], axis=-1), 0, -1)
   elif op == "topk":
@@ -57,7 +76,7 @@ def test_small_epsilon_gives_the_hard_op_along_any_axis(config, op, axis):
   backend, options, epsilon, tolerance = config
   x = _distinct((4, 6, 5))
   out = _apply(op, x, backend, options, axis=axis, epsilon=epsilon)
-  expected = _hard(op, x, axis)
+  expected = _hard(op, x, axis, backend)
   assert out.shape == expected.shape
   np.testing.assert_allclose(out, expected, atol=tolerance * max(1, np.abs(expected).max()))
 
@@ -80,16 +99,17 @@ def test_scalar_q_drops_the_axis(config):
 
 
 def test_soft_outputs_keep_their_order(config):
-  backend, options, _, _ = config
+  backend, options, _, tolerance = config
   x = np.random.default_rng(1).normal(size=(5, 9)).astype(np.float32)
-  for epsilon in (0.01, 0.3, 3.0):
+  # Each epsilon compiles anew; the Sinkhorn solver is the slow one to compile.
+  for epsilon in (0.01, 0.3, 3.0) if backend == "pav" else (0.05,):
     assert np.all(np.diff(otsort.sort(x, epsilon=epsilon, backend=backend, **options), axis=-1) >= -1e-5)
     assert np.all(np.diff(otsort.topk(x, 4, epsilon=epsilon, backend=backend, **options), axis=-1) <= 1e-5)
     q = otsort.quantile(x, [0.1, 0.4, 0.8], epsilon=epsilon, backend=backend, **options)
     assert np.all(np.diff(q, axis=-1) >= -1e-5)
     mask = otsort.topk_mask(x, 3, epsilon=epsilon, backend=backend, **options)
     assert np.all((mask >= -1e-5) & (mask <= 1 + 1e-5))
-    np.testing.assert_allclose(mask.sum(-1), 3.0, rtol=1e-4)
+    np.testing.assert_allclose(mask.sum(-1), 3.0, rtol=tolerance)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -99,7 +119,7 @@ def test_float32_gradients_are_finite_on_ties_and_wide_scales(config, op):
   rows = [rng.normal(size=10), np.repeat(rng.normal(size=5), 2), rng.normal(size=10) * 1e3,
           rng.normal(size=10) * 1e-3, np.zeros(10)]
   x = jnp.asarray(np.stack(rows), jnp.float32)
-  for epsilon in (1e-3, 1e-1, 1.0, 10.0):
+  for epsilon in (1e-3, 1e-1, 1.0, 10.0) if backend == "pav" else (1e-2, 1.0):
     grad = jax.grad(lambda x: (_apply(op, x, backend, options, epsilon=epsilon) ** 2).sum())(x)
     assert np.all(np.isfinite(grad)), (op, epsilon)
 
@@ -135,7 +155,14 @@ _BAD_INPUTS = [
     (lambda x: otsort.quantile(x, []), r"q must be a number or a non-empty 1-D sequence"),
     (lambda x: otsort.sort(x, axis=2), r"axis 2 is out of bounds for an array of dimension 2"),
     (lambda x: otsort.ranks(x, axis=-3), r"axis -3 is out of bounds"),
-    (lambda x: otsort.sort(x, backend="torch"), r"backend must be one of 'pav'.*got backend = 'torch'"),
+    (lambda x: otsort.sort(x, backend="torch"), r"backend must be one of 'pav', 'sinkhorn'; got backend = 'torch'"),
+    (lambda x: otsort.sort(x, backend="sinkhorn", regularization="kl"),
+     r"unknown option\(s\) 'regularization' for backend='sinkhorn'"),
+    (lambda x: otsort.sort(x, squashing="none"), r"unknown option\(s\) 'squashing' for backend='pav'"),
+    (lambda x: otsort.ranks(x, backend="sinkhorn", target_weights=[0.5, 0.6]), r"target_weights"),
+    (lambda x: otsort.ranks(x, backend="sinkhorn", target_weights=[1.5, -0.5]), r"target_weights"),
+    (lambda x: otsort.ranks(x, backend="sinkhorn", num_targets=3, target_weights=[0.5, 0.5]), r"target_weights"),
+    (lambda x: otsort.quantize(x, 3, backend="pav"), r"quantize exists on the sinkhorn backend only"),
     (lambda x: otsort.sort(x, regularisation="kl"), r"unknown option\(s\) 'regularisation' for backend='pav'"),
     (lambda x: otsort.sort(x, regularization="l1"), r"regularization must be one of 'l2', 'kl'"),
     (lambda x: otsort.sort(x, impl="gpu"), r"impl must be one of 'auto', 'native', 'xla'"),

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from otsort import _checks
 from otsort.sinkhorn import _readouts
 from otsort.sinkhorn import _targets
 from otsort.sinkhorn import _transport
@@ -106,8 +107,6 @@ class SinkhornOptions:
             self.target_weights is not None)
 
 
-_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(SinkhornOptions))
-
 
 def parse_options(options: dict) -> SinkhornOptions:
   """Validates backend options (at trace time) into :class:`SinkhornOptions`.
@@ -127,12 +126,7 @@ def parse_options(options: dict) -> SinkhornOptions:
   Example:
     >>> opts = parse_options({"differentiation": "unroll", "threshold": 1e-4})
   """
-  unknown = sorted(set(options) - set(_OPTION_NAMES))
-  if unknown:
-    raise ValueError(
-        f"unknown Sinkhorn option(s) {unknown}; allowed options are "
-        f"{list(_OPTION_NAMES)}"
-    )
+  _checks.check_option_names("sinkhorn", options, SinkhornOptions)
   o = dict(options)
 
   squashing = o.get("squashing", "sigmoid")

@@ -1,4 +1,4 @@
-"""Target measures: where the inputs are transported to.
+r"""Target measures: where the inputs are transported to.
 
 A soft sorting operator transports the (squashed) inputs, each with mass
 :math:`1/n`, onto a discrete *target measure*
