@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 from jax.typing import ArrayLike
 import numpy as np
@@ -61,8 +62,16 @@ def _map_over_shards(fn: Callable[..., jax.Array], x: jax.Array, aligned: tuple,
   if not any(named(entry) & explicit for entry in spec):
     return fn(x, *aligned, *shared)
   rows = PartitionSpec(*spec[:-1])  # the leading dimensions as they are; each row whole on one device
-  x, *aligned = (jax.sharding.reshard(a, rows) for a in (x, *aligned))
-  shared = tuple(jax.sharding.reshard(a, PartitionSpec()) for a in shared)
+
+  def placed(a, target):
+    current = tuple(jax.typeof(a).sharding.spec)
+    wanted = tuple(target) + (None,) * (a.ndim - len(target))
+    if current + (None,) * (a.ndim - len(current)) == wanted:
+      return a
+    return jax.sharding.reshard(a, NamedSharding(sharding.mesh, target))
+
+  x, *aligned = (placed(a, rows) for a in (x, *aligned))
+  shared = tuple(placed(a, PartitionSpec()) for a in shared)
   specs = (rows,) * (1 + len(aligned)) + (PartitionSpec(),) * len(shared)
   # check_vma=False: the native calls carry no varying-axes types, and fn uses no collectives.
   return jax.shard_map(fn, mesh=sharding.mesh, in_specs=specs, out_specs=rows, check_vma=False)(

@@ -54,7 +54,7 @@ _SCRIPT = textwrap.dedent("""
 
 _CONFIGS = [
     (backend, options, mode)
-    for backend, options in [("pav", {}), ("pav", {"regularization": "kl", "impl": "xla"})]
+    for backend, options in [("pav", {}), ("pav", {"regularization": "kl", "impl": "xla"}), ("sinkhorn", {})]
     for mode in ("Auto", "Explicit")
 ]
 
@@ -71,6 +71,9 @@ def reports() -> dict:
 
 @pytest.mark.parametrize("config", _CONFIGS, ids=repr)
 def test_sharded_batch_is_never_gathered_and_matches_unsharded(reports, config):
+  # A sharded Sinkhorn solve stops when the rows of its own device converge, not all rows: results then differ
+  # within the solver's threshold. PAV is exact.
+  tolerance = 1e-3 if config[0] == "sinkhorn" else 1e-5
   for label, entry in reports[repr(config)].items():
     assert entry["all_gathers"] == 0, f"{label} gathers the input: {entry}"
-    assert entry["error"] <= 1e-5, f"{label} differs from the unsharded result: {entry}"
+    assert entry["error"] <= tolerance, f"{label} differs from the unsharded result: {entry}"

@@ -83,7 +83,11 @@ def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: float, options: Pav
   below = np.floor(position).astype(np.int32)
   above = np.minimum(below + 1, n - 1)
   fraction = jnp.asarray(position - below, dtype=x.dtype)
-  return s[:, below] * (1 - fraction) + s[:, above] * fraction
+  # Static slices, not a gather: the transposed gather (a scatter) is slow to compile on large batches.
+  column = lambda i: s[:, int(i)]
+  lower = jnp.stack([column(i) for i in below], axis=1)
+  upper = jnp.stack([column(i) for i in above], axis=1)
+  return lower * (1 - fraction) + upper * fraction
 
 
 def topk(x: jax.Array, k: int, *, epsilon: float, options: PavOptions) -> jax.Array:
