@@ -96,16 +96,6 @@ def test_comparison_projection_gradients_are_sparse_at_small_epsilon_and_dense_a
   assert at_one["pav-l2"]["ranks_grad_density"] > at_one["pav-kl"]["ranks_grad_density"]
 
 
-def _sinkhorn_available() -> bool:
-  try:
-    otsort.ranks([0.0, 1.0, 2.0], backend="sinkhorn")
-  except ValueError:
-    return False
-  return True
-
-
-@pytest.mark.skipif(not _sinkhorn_available(),
-                    reason="backend='sinkhorn' is not wired into otsort.ranks yet (otsort/sinkhorn is being written)")
 def test_comparison_l2_projection_has_fewer_nonzero_gradients_than_entropic_ot_at_moderate_epsilon(runs):
   methods = _by_method(runs["compare"][1])
   at = lambda name: next(r for r in methods[name] if abs(r["epsilon"] - 0.1) < 1e-9)["ranks_grad_density"]
