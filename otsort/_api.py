@@ -111,15 +111,16 @@ class _Call:
     self.n = self.x.shape[-1]
 
   def run(self, op: Callable[..., jax.Array], length: int, *, aligned: tuple = (), shared: tuple = (),
-          **static) -> jax.Array:
+          features: tuple = (), **static) -> jax.Array:
     """Applies the backend's ``op`` (rows ``[batch, n]`` to ``[batch, m]``) along ``axis``.
 
     ``length`` is the m an empty input gets (a backend option may change it, e.g. sinkhorn's ``num_targets``).
     ``aligned`` arrays ``[..., n, ...]`` are cut into rows with ``x`` (their ``axis`` already moved to
-    ``x.ndim - 1``); ``shared`` arrays go to every row; ``static`` keywords are passed as they are.
+    ``x.ndim - 1``); ``shared`` arrays go to every row; ``features`` are trailing output dimensions after the m
+    values; ``static`` keywords are passed as they are.
     """
     if self.x.size == 0:
-      out = jnp.zeros((*self.x.shape[:-1], length), self.compute_dtype)
+      out = jnp.zeros((*self.x.shape[:-1], length, *features), self.compute_dtype)
     else:
       out = _apply_on_rows(self.x, aligned, shared, op=op, epsilon=self.epsilon, options=self.options,
                            static=tuple(sorted(static.items())))
@@ -379,19 +380,15 @@ def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis:
                      f"values.shape = {values.shape}")
   if topk is not None:
     topk = call.check_k(topk)
-  features = values.shape[call.x.ndim:]
   moved = jnp.moveaxis(values, call.axis, call.x.ndim - 1)
+  return call.run(_sort_with_rows, topk or call.n, aligned=(moved,), features=values.shape[call.x.ndim:],
+                  topk=topk)
 
-  def op(rows, other, *, topk, epsilon, options):
-    out = call.module.sort_with(rows, other.reshape(*other.shape[:2], -1), topk, epsilon=epsilon, options=options)
-    return out.reshape(*out.shape[:2], *features)
 
-  if call.x.size == 0:
-    return jnp.moveaxis(jnp.zeros((*call.x.shape[:-1], topk or call.n, *features), call.out_dtype),
-                        call.x.ndim - 1, call.axis)
-  out = _apply_on_rows(call.x, (moved,), (), op=op, epsilon=call.epsilon, options=call.options,
-                       static=(("topk", topk),))
-  return jnp.moveaxis(out.astype(call.out_dtype), call.x.ndim - 1, call.axis)
+def _sort_with_rows(rows: jax.Array, values: jax.Array, *, topk: int | None, epsilon: float, options: Any):
+  """The sinkhorn backend's ``sort_with`` on values ``[batch, n, *features]`` (it takes ``[batch, n, d]``)."""
+  out = _sinkhorn.sort_with(rows, values.reshape(*values.shape[:2], -1), topk, epsilon=epsilon, options=options)
+  return out.reshape(*out.shape[:2], *values.shape[2:])
 
 
 def quantile_normalization(x: ArrayLike, targets: ArrayLike, *, weights: ArrayLike | None = None, axis: int = -1,

@@ -192,3 +192,31 @@ def test_a_traced_epsilon_or_q_is_refused_with_an_explanation():
     jax.jit(lambda x, e: otsort.sort(x, epsilon=e))(x, 0.1)
   with pytest.raises(ValueError, match="q must be static"):
     jax.jit(lambda x, q: otsort.quantile(x, q))(x, 0.5)
+
+
+def test_sinkhorn_only_ops_reach_their_hard_versions_along_any_axis():
+  x = _distinct((3, 6))
+  values = np.random.default_rng(4).normal(size=(3, 6, 2)).astype(np.float32)
+  order = np.argsort(x, axis=-1)
+  np.testing.assert_allclose(otsort.sort_with(x, values, epsilon=1e-4),
+                             np.take_along_axis(values, order[..., None], axis=1), atol=2e-2)
+  top = otsort.sort_with(x.T, values.transpose(1, 0, 2), topk=2, axis=0, epsilon=1e-4)
+  np.testing.assert_allclose(top, np.take_along_axis(values, order[:, ::-1, None], axis=1)[:, :2].transpose(1, 0, 2),
+                             atol=2e-2)
+  targets = np.linspace(-1.0, 1.0, 6)
+  np.testing.assert_allclose(otsort.quantile_normalization(x, targets, epsilon=1e-4),
+                             targets[np.argsort(order, axis=-1)], atol=2e-2)
+  # Three levels over six sorted values: each value becomes the mean of its pair.
+  pairs = np.sort(x, axis=-1).reshape(3, 3, 2).mean(-1)
+  expected = np.take_along_axis(np.repeat(pairs, 2, axis=-1), np.argsort(order, axis=-1), axis=-1)
+  np.testing.assert_allclose(otsort.quantize(x, 3, epsilon=1e-4), expected, atol=2e-2)
+
+
+def test_sinkhorn_only_ops_refuse_the_pav_backend_and_mismatched_values():
+  x = np.ones((2, 4), np.float32)
+  for call in (lambda: otsort.quantize(x, 2, backend="pav"), lambda: otsort.sort_with(x, x, backend="pav"),
+               lambda: otsort.quantile_normalization(x, [0.0, 1.0], backend="pav")):
+    with pytest.raises(ValueError, match="exists on the sinkhorn backend only"):
+      call()
+  with pytest.raises(ValueError, match=r"values must have x's shape \(2, 4\) followed by feature dimensions"):
+    otsort.sort_with(x, np.ones((2, 5)))
