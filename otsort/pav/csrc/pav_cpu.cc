@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu_sort.h"
+#include "ffi_checks.h"
 #include "pav_core.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -125,27 +126,12 @@ void sort_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, const T* x, doubl
   });
 }
 
-// Splits [..., n] into rows; rejects rows the int32 block ids cannot index.
-ffi::Error row_shape(ffi::AnyBuffer x, int64_t* rows, int32_t* n) {
-  const auto dims = x.dimensions();
-  if (dims.size() == 0) return ffi::Error::InvalidArgument("otsort pav: the input must have at least one dimension");
-  const int64_t last = dims.back();
-  if (last > INT32_MAX) return ffi::Error::InvalidArgument("otsort pav: rows longer than 2^31 - 1 are not supported");
-  *n = static_cast<int32_t>(last);
-  *rows = last == 0 ? 0 : static_cast<int64_t>(x.element_count()) / last;
-  return ffi::Error::Success();
-}
-
-ffi::Error unsupported_dtype() {
-  return ffi::Error::InvalidArgument("otsort pav: only float32 and float64 inputs are supported");
-}
-
 ffi::Error PavScoresImpl(ffi::ThreadPool pool, ffi::AnyBuffer z, bool kl, int64_t topk,
                          ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::S32>> block) {
-  int64_t rows;
-  int32_t n;
+  int64_t rows = 0;
+  int32_t n = 0;
   if (auto error = row_shape(z, &rows, &n); error.failure()) return error;
-  if (topk < 0 || topk > n) return ffi::Error::InvalidArgument("otsort pav: topk must be in [0, n]");
+  if (auto error = check_topk(topk, n); error.failure()) return error;
   int32_t* b = block->typed_data();
   switch (z.element_type()) {
     case ffi::F32:
@@ -164,11 +150,9 @@ ffi::Error PavScoresImpl(ffi::ThreadPool pool, ffi::AnyBuffer z, bool kl, int64_
 ffi::Error PavSortImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, bool kl, double epsilon,
                        ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::S32>> block_in,
                        ffi::Result<ffi::Buffer<ffi::S32>> block_out) {
-  if (!(epsilon > 0) || !std::isfinite(epsilon)) {
-    return ffi::Error::InvalidArgument("otsort pav: epsilon must be positive and finite");
-  }
-  int64_t rows;
-  int32_t n;
+  if (auto error = check_epsilon(epsilon); error.failure()) return error;
+  int64_t rows = 0;
+  int32_t n = 0;
   if (auto error = row_shape(x, &rows, &n); error.failure()) return error;
   int32_t* bi = block_in->typed_data();
   int32_t* bo = block_out->typed_data();

@@ -23,6 +23,7 @@
 
 #include <cub/device/device_segmented_sort.cuh>
 
+#include "ffi_checks.h"
 #include "pav_core.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -266,28 +267,13 @@ ffi::Error sort_rows_soft(cudaStream_t stream, ffi::ScratchAllocator& scratch, i
   return launch_status("the PAV sort kernel");
 }
 
-// Splits [..., n] into rows; rejects rows the int32 block ids cannot index. The same checks as on the CPU.
-ffi::Error row_shape(ffi::AnyBuffer x, int64_t* rows, int32_t* n) {
-  const auto dims = x.dimensions();
-  if (dims.size() == 0) return ffi::Error::InvalidArgument("otsort pav: the input must have at least one dimension");
-  const int64_t last = dims.back();
-  if (last > INT32_MAX) return ffi::Error::InvalidArgument("otsort pav: rows longer than 2^31 - 1 are not supported");
-  *n = static_cast<int32_t>(last);
-  *rows = last == 0 ? 0 : static_cast<int64_t>(x.element_count()) / last;
-  return ffi::Error::Success();
-}
-
-ffi::Error unsupported_dtype() {
-  return ffi::Error::InvalidArgument("otsort pav: only float32 and float64 inputs are supported");
-}
-
 ffi::Error PavScoresCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer z, bool kl,
                              int64_t topk, ffi::Result<ffi::AnyBuffer> out,
                              ffi::Result<ffi::Buffer<ffi::S32>> block) {
-  int64_t rows;
-  int32_t n;
+  int64_t rows = 0;
+  int32_t n = 0;
   if (auto error = row_shape(z, &rows, &n); error.failure()) return error;
-  if (topk < 0 || topk > n) return ffi::Error::InvalidArgument("otsort pav: topk must be in [0, n]");
+  if (auto error = check_topk(topk, n); error.failure()) return error;
   if (rows == 0) return ffi::Error::Success();
   const int32_t k = static_cast<int32_t>(topk);
   int32_t* b = block->typed_data();
@@ -306,11 +292,9 @@ ffi::Error PavScoresCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
 ffi::Error PavSortCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x, bool kl,
                            double epsilon, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::S32>> block_in,
                            ffi::Result<ffi::Buffer<ffi::S32>> block_out) {
-  if (!(epsilon > 0) || !std::isfinite(epsilon)) {
-    return ffi::Error::InvalidArgument("otsort pav: epsilon must be positive and finite");
-  }
-  int64_t rows;
-  int32_t n;
+  if (auto error = check_epsilon(epsilon); error.failure()) return error;
+  int64_t rows = 0;
+  int32_t n = 0;
   if (auto error = row_shape(x, &rows, &n); error.failure()) return error;
   if (rows == 0) return ffi::Error::Success();
   int32_t* bi = block_in->typed_data();

@@ -1,0 +1,42 @@
+// Argument checks shared by the CPU and the CUDA handlers, so both refuse the same inputs with the same words.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace otsort {
+
+// Splits [..., n] into rows; rejects rows the int32 block ids cannot index.
+inline xla::ffi::Error row_shape(xla::ffi::AnyBuffer x, int64_t* rows, int32_t* n) {
+  const auto dims = x.dimensions();
+  if (dims.size() == 0) {
+    return xla::ffi::Error::InvalidArgument("otsort pav: the input must have at least one dimension");
+  }
+  const int64_t last = dims.back();
+  if (last > INT32_MAX) {
+    return xla::ffi::Error::InvalidArgument("otsort pav: rows longer than 2^31 - 1 are not supported");
+  }
+  *n = static_cast<int32_t>(last);
+  *rows = last == 0 ? 0 : static_cast<int64_t>(x.element_count()) / last;
+  return xla::ffi::Error::Success();
+}
+
+inline xla::ffi::Error check_topk(int64_t topk, int32_t n) {
+  if (topk < 0 || topk > n) return xla::ffi::Error::InvalidArgument("otsort pav: topk must be in [0, n]");
+  return xla::ffi::Error::Success();
+}
+
+inline xla::ffi::Error check_epsilon(double epsilon) {
+  if (!(epsilon > 0) || !std::isfinite(epsilon)) {
+    return xla::ffi::Error::InvalidArgument("otsort pav: epsilon must be positive and finite");
+  }
+  return xla::ffi::Error::Success();
+}
+
+inline xla::ffi::Error unsupported_dtype() {
+  return xla::ffi::Error::InvalidArgument("otsort pav: only float32 and float64 inputs are supported");
+}
+
+}  // namespace otsort
