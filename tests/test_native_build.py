@@ -18,7 +18,6 @@ import shutil
 import subprocess
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -17,7 +17,6 @@ import sys
 
 import pytest
 
-import otsort
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"classification": "tutorials/topk_classification.py",

@@ -44,7 +44,6 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
