@@ -84,7 +84,6 @@ _OTT_TIGHT = dict(threshold=1e-9, max_iterations=100000)
 
 def _ott_pairs(x):
   """(ours, ott) for every operator, ott-jax's conventions converted."""
-  n = x.shape[1]
   o = sk.parse_options({"threshold": 1e-9, "max_iterations": 20000})
   kw = dict(epsilon=EPS, options=o)
   v = jnp.stack([x, x**2], -1)
