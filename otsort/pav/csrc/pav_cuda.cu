@@ -226,20 +226,33 @@ void split_stack(void* workspace, int64_t total, int32_t** start, typename Reg::
   *stats = reinterpret_cast<typename Reg::Stats*>(static_cast<char*>(workspace) + round_up(sizeof(int32_t) * total));
 }
 
+// Sorts the rows and carves the PAV stack out of the sort's workspace. The handler's value and block outputs
+// hold the sort keys and positions until the sort has read them.
+template <class T, class Reg>
+ffi::Error sort_with_stack(cudaStream_t stream, ffi::ScratchAllocator& scratch, int64_t rows, int32_t n, const T* x,
+                           T* out, int32_t* block, SortedRows<T>* sorted, int32_t** start,
+                           typename Reg::Stats** stats) {
+  const int64_t total = rows * n;
+  if (auto error = sort_rows<T>(stream, scratch, rows, n, x, reinterpret_cast<Key<T>*>(out), block,
+                                stack_bytes<Reg>(total), sorted);
+      error.failure()) {
+    return error;
+  }
+  split_stack<Reg>(sorted->workspace, total, start, stats);
+  return ffi::Error::Success();
+}
+
 template <class T, class Reg>
 ffi::Error scores_rows(cudaStream_t stream, ffi::ScratchAllocator& scratch, int64_t rows, int32_t n, int32_t topk,
                        const T* z, T* out, int32_t* block) {
   const int64_t total = rows * n;
   SortedRows<T> sorted;
-  // out and block hold the keys and positions until the sort has read them.
-  if (auto error = sort_rows<T>(stream, scratch, rows, n, z, reinterpret_cast<Key<T>*>(out), block,
-                                stack_bytes<Reg>(total), &sorted);
+  int32_t* start = nullptr;
+  typename Reg::Stats* stats = nullptr;
+  if (auto error = sort_with_stack<T, Reg>(stream, scratch, rows, n, z, out, block, &sorted, &start, &stats);
       error.failure()) {
     return error;
   }
-  int32_t* start;
-  typename Reg::Stats* stats;
-  split_stack<Reg>(sorted.workspace, total, &start, &stats);
   scores_kernel<T, Reg><<<blocks_for(rows, kRowThreads), kRowThreads, 0, stream>>>(
       rows, n, topk, sorted.values, sorted.perm, start, stats, out, block);
   invalid_rows_kernel<T><<<blocks_for(total, kElementThreads), kElementThreads, 0, stream>>>(
@@ -252,14 +265,12 @@ ffi::Error sort_rows_soft(cudaStream_t stream, ffi::ScratchAllocator& scratch, i
                           double inv_epsilon, const T* x, T* out, int32_t* block_in, int32_t* block_out) {
   const int64_t total = rows * n;
   SortedRows<T> sorted;
-  if (auto error = sort_rows<T>(stream, scratch, rows, n, x, reinterpret_cast<Key<T>*>(out), block_in,
-                                stack_bytes<Reg>(total), &sorted);
+  int32_t* start = nullptr;
+  typename Reg::Stats* stats = nullptr;
+  if (auto error = sort_with_stack<T, Reg>(stream, scratch, rows, n, x, out, block_in, &sorted, &start, &stats);
       error.failure()) {
     return error;
   }
-  int32_t* start;
-  typename Reg::Stats* stats;
-  split_stack<Reg>(sorted.workspace, total, &start, &stats);
   sort_kernel<T, Reg><<<blocks_for(rows, kRowThreads), kRowThreads, 0, stream>>>(
       rows, n, inv_epsilon, sorted.values, sorted.perm, start, stats, out, block_in, block_out);
   invalid_rows_kernel<T><<<blocks_for(total, kElementThreads), kElementThreads, 0, stream>>>(
