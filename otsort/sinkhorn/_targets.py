@@ -171,9 +171,7 @@ class TargetMeasure:
       num_points: ``n``, the number of inputs.
       k: ``1 <= k < n``.
     """
-    _check_int("num_points", num_points, low=2)
-    _check_int("k", k, low=1, high=num_points - 1,
-               why=f"with num_points = {num_points}")
+    _check_topk(num_points, k)
     weights = np.concatenate([[(num_points - k) / num_points],
                               np.full(k, 1.0 / num_points)])
     return cls(np.linspace(0.0, 1.0, k + 1), weights)
@@ -186,9 +184,7 @@ class TargetMeasure:
       num_points: ``n``, the number of inputs.
       k: ``1 <= k < n``.
     """
-    _check_int("num_points", num_points, low=2)
-    _check_int("k", k, low=1, high=num_points - 1,
-               why=f"with num_points = {num_points}")
+    _check_topk(num_points, k)
     return cls((0.0, 1.0), (1.0 - k / num_points, k / num_points))
 
   @classmethod
@@ -254,3 +250,9 @@ def _check_int(name, value, *, low=None, high=None, why=""):
     raise ValueError(
         f"{name} must be in {rng}{' ' + why if why else ''}; got {value}"
     )
+
+
+def _check_topk(num_points, k):
+  _check_int("num_points", num_points, low=2)
+  _check_int("k", k, low=1, high=num_points - 1,
+             why=f"with num_points = {num_points}")
