@@ -7,6 +7,10 @@ sees rows ``[batch, n]``.
 
 Dtypes: float32 and float64 are computed as they are; float16 and bfloat16 are computed in float32 and returned
 in their own dtype; integers and booleans are promoted to JAX's default float dtype.
+
+``epsilon`` is an ordinary array argument: a Python number, a 0-d array or one value per row (an array
+broadcastable to ``x.shape`` without ``axis``). The jitted row application takes it as an operand, so changing
+its value never recompiles, and it may be traced (``jit``, ``vmap``, ``grad`` with respect to it).
 """
 
 from __future__ import annotations
@@ -78,20 +82,29 @@ def _map_over_shards(fn: Callable[..., jax.Array], x: jax.Array, aligned: tuple,
       x, *aligned, *shared)
 
 
-@functools.partial(jax.jit, static_argnames=("op", "epsilon", "options", "static"))
-def _apply_on_rows(x: jax.Array, aligned: tuple, shared: tuple, *, op: Callable, epsilon: float, options: Any,
+@functools.partial(jax.jit, static_argnames=("op", "options", "static"))
+def _apply_on_rows(x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tuple, *, op: Callable, options: Any,
                    static: tuple) -> jax.Array:
-  """Flattens ``x [..., n]`` (and ``aligned [..., n, ...]``) into rows, applies the backend ``op``, and puts the
-  leading dimensions back: ``[..., m, ...]``. Jitted, so that eager calls compile once per configuration."""
+  """Flattens ``x [..., n]`` (and ``epsilon [...]``, ``aligned [..., n, ...]``) into rows, applies the backend
+  ``op``, and puts the leading dimensions back: ``[..., m, ...]``. Jitted, so that eager calls compile once per
+  configuration; ``epsilon`` is an operand, not part of the configuration.
+
+  A row whose epsilon is not positive and finite (only possible when epsilon is traced) is computed with
+  epsilon = 1 and comes out NaN; the other rows are unaffected.
+  """
   lead = x.shape[:-1]
 
-  def on_rows(x, *operands):
+  def on_rows(x, epsilon, *operands):
     rows = x.reshape(-1, x.shape[-1])
+    epsilon = epsilon.reshape(-1)
+    valid = (epsilon > 0) & jnp.isfinite(epsilon)
     flat = [a.reshape(rows.shape[0], *a.shape[len(lead):]) for a in operands[:len(aligned)]]
-    out = op(rows, *flat, *operands[len(aligned):], epsilon=epsilon, options=options, **dict(static))
+    out = op(rows, *flat, *operands[len(aligned):], epsilon=jnp.where(valid, epsilon, 1), options=options,
+             **dict(static))
+    out = jnp.where(valid.reshape(-1, *(1,) * (out.ndim - 1)), out, jnp.nan)
     return out.reshape(*x.shape[:-1], *out.shape[1:])
 
-  return _map_over_shards(on_rows, x, aligned, shared)
+  return _map_over_shards(on_rows, x, (epsilon, *aligned), shared)
 
 
 class _Call:
@@ -100,7 +113,6 @@ class _Call:
   def __init__(self, x: ArrayLike, axis: Any, backend: Any, epsilon: Any, options: dict):
     self.module = _backend_module(backend)
     self.options = self.module.parse_options(options)
-    self.epsilon = (self.module.DEFAULT_EPSILON if epsilon is None else _checks.positive_finite("epsilon", epsilon))
     x = jnp.asarray(x)
     if x.ndim == 0:
       raise ValueError("x must have at least one dimension to work along; got a scalar")
@@ -109,6 +121,8 @@ class _Call:
     self.compute_dtype, self.out_dtype = _float_dtypes(x.dtype)
     self.x = jnp.moveaxis(x.astype(self.compute_dtype), self.axis, -1)
     self.n = self.x.shape[-1]
+    epsilon = self.module.DEFAULT_EPSILON if epsilon is None else epsilon
+    self.epsilon = _checks.epsilon_array(epsilon, self.x.shape[:-1], self.axis, self.compute_dtype)
 
   def run(self, op: Callable[..., jax.Array], length: int, *, aligned: tuple = (), shared: tuple = (),
           features: tuple = (), **static) -> jax.Array:
@@ -122,7 +136,7 @@ class _Call:
     if self.x.size == 0:
       out = jnp.zeros((*self.x.shape[:-1], length, *features), self.compute_dtype)
     else:
-      out = _apply_on_rows(self.x, aligned, shared, op=op, epsilon=self.epsilon, options=self.options,
+      out = _apply_on_rows(self.x, self.epsilon, aligned, shared, op=op, options=self.options,
                            static=tuple(sorted(static.items())))
     return jnp.moveaxis(out.astype(self.out_dtype), self.x.ndim - 1, self.axis)
 
@@ -138,7 +152,7 @@ def _check_descending(descending: Any) -> bool:
   return bool(descending)
 
 
-def sort(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: float | None = None,
+def sort(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: ArrayLike | None = None,
          backend: str = "pav", **options: Any) -> jax.Array:
   r"""Soft sort: a differentiable relaxation of :func:`jax.numpy.sort`.
 
@@ -178,7 +192,7 @@ def sort(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: flo
   return call.run(call.module.sort, call.n, descending=_check_descending(descending))
 
 
-def ranks(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: float | None = None,
+def ranks(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: ArrayLike | None = None,
           backend: str = "pav", **options: Any) -> jax.Array:
   r"""Soft ranks: a differentiable relaxation of ``argsort(argsort(x))``, 0-based.
 
@@ -230,7 +244,7 @@ def _check_q(q: Any) -> tuple[tuple[float, ...], bool]:
   return tuple(float(v) for v in levels.reshape(-1)), levels.ndim == 0
 
 
-def quantile(x: ArrayLike, q: float | Sequence[float], *, axis: int = -1, epsilon: float | None = None,
+def quantile(x: ArrayLike, q: float | Sequence[float], *, axis: int = -1, epsilon: ArrayLike | None = None,
              backend: str = "pav", **options: Any) -> jax.Array:
   r"""Soft quantiles: a differentiable relaxation of :func:`jax.numpy.quantile` (linear interpolation).
 
@@ -263,7 +277,7 @@ def quantile(x: ArrayLike, q: float | Sequence[float], *, axis: int = -1, epsilo
   return jnp.squeeze(out, call.axis) if scalar else out
 
 
-def topk(x: ArrayLike, k: int, *, axis: int = -1, epsilon: float | None = None, backend: str = "pav",
+def topk(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = None, backend: str = "pav",
          **options: Any) -> jax.Array:
   r"""Soft top-k values: a differentiable relaxation of :func:`jax.lax.top_k`, in decreasing order.
 
@@ -291,7 +305,7 @@ def topk(x: ArrayLike, k: int, *, axis: int = -1, epsilon: float | None = None, 
   return call.run(call.module.topk, k, k=k)
 
 
-def topk_mask(x: ArrayLike, k: int, *, axis: int = -1, epsilon: float | None = None, backend: str = "pav",
+def topk_mask(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = None, backend: str = "pav",
               **options: Any) -> jax.Array:
   r"""Soft top-k mask: a differentiable relaxation of the 0/1 indicator of the k largest entries.
 
@@ -327,7 +341,7 @@ def _sinkhorn_only(name: str, backend: Any) -> None:
                      f"measure, which the pav projections do not have; got backend = {backend!r}")
 
 
-def quantize(x: ArrayLike, num_levels: int, *, axis: int = -1, epsilon: float | None = None,
+def quantize(x: ArrayLike, num_levels: int, *, axis: int = -1, epsilon: ArrayLike | None = None,
              backend: str = "sinkhorn", **options: Any) -> jax.Array:
   r"""Soft quantization onto ``num_levels`` levels (``sinkhorn`` backend only, as ``ott.tools.soft_sort``).
 
@@ -354,7 +368,7 @@ def quantize(x: ArrayLike, num_levels: int, *, axis: int = -1, epsilon: float | 
 
 
 def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis: int = -1,
-              epsilon: float | None = None, backend: str = "sinkhorn", **options: Any) -> jax.Array:
+              epsilon: ArrayLike | None = None, backend: str = "sinkhorn", **options: Any) -> jax.Array:
   r"""Soft-sorts ``values`` by the criterion ``x`` (``sinkhorn`` backend only), like ``values[argsort(x)]``.
 
   Each output is the average of the ``values`` sent to one target of the transport of ``x``.
@@ -385,14 +399,14 @@ def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis:
                   topk=topk)
 
 
-def _sort_with_rows(rows: jax.Array, values: jax.Array, *, topk: int | None, epsilon: float, options: Any):
+def _sort_with_rows(rows: jax.Array, values: jax.Array, *, topk: int | None, epsilon: jax.Array, options: Any):
   """The sinkhorn backend's ``sort_with`` on values ``[batch, n, *features]`` (it takes ``[batch, n, d]``)."""
   out = _sinkhorn.sort_with(rows, values.reshape(*values.shape[:2], -1), topk, epsilon=epsilon, options=options)
   return out.reshape(*out.shape[:2], *values.shape[2:])
 
 
 def quantile_normalization(x: ArrayLike, targets: ArrayLike, *, weights: ArrayLike | None = None, axis: int = -1,
-                           epsilon: float | None = None, backend: str = "sinkhorn", **options: Any) -> jax.Array:
+                           epsilon: ArrayLike | None = None, backend: str = "sinkhorn", **options: Any) -> jax.Array:
   r"""Soft quantile normalization (``sinkhorn`` backend only): gives each row the distribution of ``targets``
   while keeping its order.
 

@@ -9,6 +9,7 @@ import numbers
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -52,3 +53,43 @@ def normalize_axis(axis: Any, ndim: int) -> int:
   if not -ndim <= axis < ndim:
     raise ValueError(f"axis {axis} is out of bounds for an array of dimension {ndim}")
   return int(axis) % ndim
+
+
+def epsilon_array(epsilon: Any, batch_shape: tuple[int, ...], axis: int, dtype: Any) -> jax.Array:
+  """``epsilon`` as one value per row: an array of ``batch_shape`` (``x.shape`` without ``axis``) in ``dtype``.
+
+  Accepts a Python or NumPy number, or an array broadcastable to ``batch_shape`` (or to ``x.shape`` with size 1
+  along ``axis``). Concrete values must be positive, finite and at least the smallest normal number of ``dtype``
+  (XLA flushes subnormals to zero); a traced epsilon cannot be checked and is passed on as it is.
+  """
+  if isinstance(epsilon, (bool, np.bool_, str, bytes)) or not (
+      isinstance(epsilon, (numbers.Real, np.ndarray, np.generic, jax.Array)) or hasattr(epsilon, "__jax_array__")):
+    raise ValueError(f"epsilon must be a real scalar or an array of them (one per row); got epsilon = {epsilon!r}")
+  traced = isinstance(epsilon, jax.core.Tracer)
+  value = epsilon if traced else np.asarray(epsilon)
+  if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)) or \
+      np.issubdtype(value.dtype, np.bool_):
+    raise ValueError(f"epsilon must be a real scalar or an array of them; got epsilon with dtype {value.dtype}")
+  shape = tuple(value.shape)
+  if len(shape) == len(batch_shape) + 1:
+    if shape[axis] != 1:
+      raise ValueError(f"epsilon with one dimension per dimension of x must have size 1 along axis = {axis}; got "
+                       f"epsilon.shape = {shape} for x.shape without axis = {batch_shape}")
+    shape = shape[:axis] + shape[axis + 1:]
+    value = value.reshape(shape)
+  try:
+    np.broadcast_shapes(shape, batch_shape)
+    fits = np.broadcast_shapes(shape, batch_shape) == tuple(batch_shape)
+  except ValueError:
+    fits = False
+  if not fits:
+    raise ValueError(f"epsilon must be a number or an array broadcastable to x.shape without axis, "
+                     f"{tuple(batch_shape)} (one epsilon per row); got epsilon.shape = {tuple(value.shape)}")
+  if not traced:
+    cast = np.asarray(value, dtype=np.dtype(dtype))
+    tiny = np.finfo(np.dtype(dtype)).tiny
+    if cast.size and not np.all(np.isfinite(cast) & (cast >= tiny)):
+      bad = np.asarray(value).ravel()[~(np.isfinite(cast) & (cast >= tiny)).ravel()][0]
+      raise ValueError(f"epsilon must be a positive finite number, at least the smallest normal "
+                       f"{np.dtype(dtype).name} number {tiny:.3g} (x's compute dtype); got epsilon = {bad.item()!r}")
+  return jnp.broadcast_to(jnp.asarray(value, dtype), batch_shape)

@@ -7,12 +7,17 @@ decreasing order (``sigma``), the projection onto the permutahedron of ``w`` (``
   KL:  P(z, w) = exp(z - v(z_sigma, log w)[sigma^-1]), v = argmin_{v_1 >= ... >= v_n} <exp(s - v), 1> + <w, v>
 
 Both isotonic problems are solved by pooling: every position starts as its own block, and any two adjacent
-blocks whose values increase are merged, until none do. A block's value is ``mean(s_B) - mean(w_B)`` (L2) or
+blocks whose values do not strictly decrease are merged, until none do. Ties are pooled too: that is the rule of
+the paper's reference implementation (google-research/fast-soft-sort, "if sol[i] > sol[k]: keep apart"), and it
+decides the derivative on the faces of the permutahedron. A block's value is ``mean(s_B) - mean(w_B)`` (L2) or
 ``LSE(s_B) - LSE(w_B)`` (KL). This file repeats the scan from the left after every merge (quadratic, but
 obviously correct), unlike the library's single-pass stack.
 
-Block values are formed as one number (``mean(s_B) - mean(w_B)``), so the reference is exact only up to about
-1e-16 times the largest ``|s|``: tests scale their tolerances by it. Nothing here imports the library.
+L2 is solved in exact rational arithmetic (every float is a fraction), so its ties are exact ties and its blocks
+are exact. KL block values are formed as one float64 number; two values count as tied within 1e-12 of their
+magnitude, and the results are exact only up to about 1e-16 times the largest ``|s|``: tests scale their
+tolerances by it. :func:`jacobian` gives the derivative the pooling rule implies (block averages), for checking
+vector-Jacobian products at the kinks, where finite differences mean nothing. Nothing here imports the library.
 
 The public conventions are layered on top:
 
@@ -30,6 +35,7 @@ constrained problems for tiny ``n``, to check the reduction itself.
 
 from __future__ import annotations
 
+from fractions import Fraction
 import itertools
 
 import numpy as np
@@ -53,27 +59,38 @@ def _block_value(s: np.ndarray, w: np.ndarray, kl: bool) -> float:
   return float(np.mean(s) - np.mean(w))
 
 
+def _exact_mean(values) -> Fraction:
+  return sum((Fraction(float(v)) for v in values), Fraction(0)) / len(values)
+
+
 def isotonic_decreasing(s: np.ndarray, w: np.ndarray, kl: bool) -> tuple[np.ndarray, np.ndarray]:
   """The decreasing isotonic solution ``v`` for the sorted scores ``s`` and target ``w``, and block starts.
 
-  Brute force: blocks are lists of positions; merge the first adjacent pair whose values increase, rescan.
+  Brute force: blocks are lists of positions; merge the first adjacent pair whose values do not strictly
+  decrease (ties included), rescan. L2 values are exact fractions; KL values are floats, tied within 1e-12.
   """
   s = np.asarray(s, np.float64)
   w = np.asarray(w, np.float64)
+  if kl:
+    value = lambda b: _block_value(s[b], w[b], True)
+    tied_or_increasing = lambda p, c: p <= c + 1e-12 * max(1.0, abs(p), abs(c)) if np.isfinite(p) else p <= c
+  else:
+    value = lambda b: _exact_mean(s[b]) - _exact_mean(w[b])
+    tied_or_increasing = lambda p, c: p <= c
   blocks = [[i] for i in range(len(s))]
   merged = True
   while merged:
     merged = False
-    values = [_block_value(s[b], w[b], kl) for b in blocks]
+    values = [value(b) for b in blocks]
     for k in range(len(blocks) - 1):
-      if values[k] < values[k + 1]:
+      if tied_or_increasing(values[k], values[k + 1]):
         blocks[k:k + 2] = [blocks[k] + blocks[k + 1]]
         merged = True
         break
   v = np.empty(len(s))
   start = np.empty(len(s), np.int64)
   for b in blocks:
-    v[b] = _block_value(s[b], w[b], kl)
+    v[b] = float(value(b))
     start[b] = b[0]
   return v, start
 
@@ -121,6 +138,50 @@ def topk_mask(z: np.ndarray, k: int, kl: bool = False) -> np.ndarray:
   """P(z, (1, ..., 1, 0, ..., 0)) with ``k`` ones: the soft top-k mask of the scores ``z``."""
   n = len(z)
   return project(z, (np.arange(n) < k).astype(np.float64), kl)
+
+
+def _blocks(start: np.ndarray) -> list[np.ndarray]:
+  """Sorted positions grouped by block, from the block starts."""
+  return [np.flatnonzero(start == first) for first in np.unique(start)]
+
+
+def jacobian(op: str, x: np.ndarray, epsilon: float, kl: bool = False, descending: bool = False,
+             k: int = 0) -> np.ndarray:
+  """``d op(x) / d x`` ``[n, n]`` as the pooling rule makes it (Blondel et al., 2020, Section 5): within each block
+  of the isotonic solution the L2 projection averages and the KL projection takes a softmax-weighted average.
+
+  ``op`` is ``"ranks"``, ``"topk_mask"`` (``k`` ones) or ``"sort"``. At a kink (ties pooled) this is the
+  generalized Jacobian the reference implementation returns.
+  """
+  x = np.asarray(x, np.float64)
+  n = len(x)
+  out = np.zeros((n, n))
+  if op == "sort":
+    if not descending:
+      return jacobian("sort", -x, epsilon, kl, descending=True)
+    order = _descending_order(x)
+    b = x[order]
+    _, start = isotonic_decreasing(rho(n) / epsilon, b, kl)
+    for block in _blocks(start):
+      weights = np.exp(b[block] - np.max(b[block])) if kl else np.ones(len(block))
+      out[np.ix_(block, order[block])] = weights / weights.sum()  # rows: sorted outputs, columns: inputs
+    return out
+  sign = -1.0 if descending else 1.0
+  z = sign * x / epsilon
+  w = rho(n) if op == "ranks" else (np.arange(n) < k).astype(np.float64)
+  order = _descending_order(z)
+  with np.errstate(divide="ignore"):
+    target = np.log(w) if kl else w
+  _, start = isotonic_decreasing(z[order], target, kl)
+  r = project(z, w, kl)
+  for block in _blocks(start):
+    members = order[block]
+    if kl:
+      share = r[members] / r[members].sum()
+      out[np.ix_(members, members)] = np.diag(r[members]) - np.outer(r[members], share)
+    else:
+      out[np.ix_(members, members)] = np.eye(len(members)) - 1.0 / len(members)
+  return out * (sign / epsilon)
 
 
 # --- Independent checks of the reduction, for tiny n -------------------------------------------------------

@@ -157,6 +157,12 @@ def _rows_with_ties(seed: int, shape: tuple[int, ...], dtype) -> np.ndarray:
   return np.where(rng.random(shape) < 0.35, ties, smooth).astype(dtype)
 
 
+def _ones(x):
+  """One epsilon per row of ``x`` ``[..., n]``: the kernels' epsilon operand ``[..., 1]``."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jnp.ones((*x.shape[:-1], 1), x.dtype)
+
+
 def _on(device, fn, *args):
   """fn(*args) with the arrays committed to ``device``, under jit, returned as numpy."""
   args = [jax.device_put(a, device) if isinstance(a, np.ndarray) else a for a in args]
@@ -188,7 +194,7 @@ def test_cuda_scores_kernel_matches_cpu_kernel(gpu, dtype, regularization, topk,
 
   k = min(topk, shape[-1])
   z = _rows_with_ties(shape[0] * 100_003 + shape[1] * 11 + topk, shape, dtype)
-  fn = jax.jit(lambda z: _projections.project_scores(z, regularization == "kl", k, "native"))
+  fn = jax.jit(lambda z: _projections.project_scores(z, _ones(z), regularization == "kl", k, "native"))
   gpu_out, gpu_ids = _on(gpu, fn, z)
   cpu_out, cpu_ids = _on(jax.devices("cpu")[0], fn, z)
   assert gpu_out.dtype == dtype
@@ -202,7 +208,7 @@ def test_cuda_sort_kernel_matches_cpu_kernel(gpu, dtype, regularization, shape):
   from otsort.pav import _projections  # pylint: disable=g-import-not-at-top
 
   x = _rows_with_ties(shape[0] * 100_003 + shape[1] * 11 + 1, shape, dtype)
-  fn = jax.jit(lambda x: _projections.project_sort(x, regularization == "kl", 0.1, "native"))
+  fn = jax.jit(lambda x: _projections.project_sort(x, 0.1 * _ones(x), regularization == "kl", "native"))
   gpu_out, gpu_in, gpu_ids = _on(gpu, fn, x)
   cpu_out, cpu_in, cpu_ids = _on(jax.devices("cpu")[0], fn, x)
   scale = np.abs(cpu_out).max(axis=-1, keepdims=True) + 1
@@ -230,7 +236,7 @@ def test_cuda_kernel_turns_non_finite_rows_into_nan_with_singleton_blocks(gpu):
   x[2, 0] = np.inf
   x[3, 39] = -np.inf
   x[4, 5] = -np.nan
-  fn = jax.jit(lambda x: _projections.project_scores(x, False, 0, "native"))
+  fn = jax.jit(lambda x: _projections.project_scores(x, _ones(x), False, 0, "native"))
   out, ids = _on(gpu, fn, x)
   cpu_out, cpu_ids = _on(jax.devices("cpu")[0], fn, x)
   assert np.isnan(out[1:]).all()
@@ -238,7 +244,7 @@ def test_cuda_kernel_turns_non_finite_rows_into_nan_with_singleton_blocks(gpu):
   np.testing.assert_allclose(out[0], cpu_out[0], **_tolerance(np.float32))
   np.testing.assert_array_equal(ids, cpu_ids)
 
-  sort_fn = jax.jit(lambda x: _projections.project_sort(x, True, 1.0, "native"))
+  sort_fn = jax.jit(lambda x: _projections.project_sort(x, _ones(x), True, "native"))
   out, block_in, block_out = _on(gpu, sort_fn, x)
   assert np.isnan(out[1:]).all() and not np.isnan(out[0]).any()
   np.testing.assert_array_equal(block_in[1:], np.broadcast_to(np.arange(40), (4, 40)))
@@ -249,7 +255,7 @@ def test_cuda_kernel_treats_negative_zero_as_zero_and_keeps_ties_in_input_order(
   from otsort.pav import _projections  # pylint: disable=g-import-not-at-top
 
   x = np.array([[0.0, -0.0, 1.0, -0.0, 0.0, 1.0, -1.0]], np.float32)
-  fn = jax.jit(lambda x: _projections.project_sort(x, False, 1e-3, "native"))
+  fn = jax.jit(lambda x: _projections.project_sort(x, 1e-3 * _ones(x), False, "native"))
   out, block_in, block_out = _on(gpu, fn, x)
   cpu = _on(jax.devices("cpu")[0], fn, x)
   np.testing.assert_allclose(out, cpu[0], rtol=1e-6, atol=1e-6)
@@ -264,5 +270,5 @@ def test_cuda_kernel_accepts_empty_inputs(gpu, shape):
   from otsort.pav import _projections  # pylint: disable=g-import-not-at-top
 
   z = np.zeros(shape, np.float32)
-  out, ids = _on(gpu, jax.jit(lambda z: _projections.project_scores(z, True, 0, "native")), z)
+  out, ids = _on(gpu, jax.jit(lambda z: _projections.project_scores(z, _ones(z), True, 0, "native")), z)
   assert out.shape == shape and ids.shape == shape

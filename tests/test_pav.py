@@ -57,7 +57,7 @@ def projection_scale(op: str, x: np.ndarray, epsilon: float) -> float:
 
 def scores_fn(kl: bool, topk: int, impl: str):
   """The 1-based rank projection (topk = 0) or the top-k mask projection of rows ``[batch, n]``."""
-  return lambda z: _projections.project_scores(z, kl, topk, impl)[0]
+  return lambda z: _projections.project_scores(z, jnp.ones((*z.shape[:-1], 1), z.dtype), kl, topk, impl)[0]
 
 
 # --- The reference itself ----------------------------------------------------------------------------------

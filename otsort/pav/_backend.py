@@ -9,7 +9,7 @@ Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", I
 
 where ``P(z, w)`` is the L2 (Euclidean) or KL projection of ``z`` onto the permutahedron of ``w``, the convex hull
 of the permutations of ``w``. Argument checking and axis handling live in :mod:`otsort._api`; this module only
-sees validated options and rows.
+sees validated options, rows ``[batch, n]`` and one epsilon per row ``[batch]`` (an array, possibly traced).
 """
 
 from __future__ import annotations
@@ -62,20 +62,24 @@ def parse_options(options: dict) -> PavOptions:
   return parsed
 
 
-def ranks(x: jax.Array, *, descending: bool, epsilon: float, options: PavOptions) -> jax.Array:
-  scale = (-1.0 if descending else 1.0) / epsilon
-  r, _ = _projections.project_scores(x * scale, options.kl, 0, options.impl)
+def _per_row(epsilon: jax.Array) -> jax.Array:
+  return epsilon[:, None]  # [batch, 1], the layout of the kernels' epsilon operand
+
+
+def ranks(x: jax.Array, *, descending: bool, epsilon: jax.Array, options: PavOptions) -> jax.Array:
+  # The kernel divides by epsilon in double; negating first is exact.
+  r, _ = _projections.project_scores(-x if descending else x, _per_row(epsilon), options.kl, 0, options.impl)
   return r - 1  # the paper's ranks are 1-based
 
 
-def sort(x: jax.Array, *, descending: bool, epsilon: float, options: PavOptions) -> jax.Array:
+def sort(x: jax.Array, *, descending: bool, epsilon: jax.Array, options: PavOptions) -> jax.Array:
   # The projection sorts in decreasing order; ascending is the decreasing sort of -x, negated.
   sign = 1.0 if descending else -1.0
-  out, _, _ = _projections.project_sort(sign * x, options.kl, epsilon, options.impl)
+  out, _, _ = _projections.project_sort(sign * x, _per_row(epsilon), options.kl, options.impl)
   return sign * out
 
 
-def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: float, options: PavOptions) -> jax.Array:
+def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: jax.Array, options: PavOptions) -> jax.Array:
   # Linear interpolation between neighbouring soft-sorted values, like jnp.quantile's default method.
   n = x.shape[-1]
   s = sort(x, descending=False, epsilon=epsilon, options=options)
@@ -90,12 +94,12 @@ def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: float, options: Pav
   return lower * (1 - fraction) + upper * fraction
 
 
-def topk(x: jax.Array, k: int, *, epsilon: float, options: PavOptions) -> jax.Array:
+def topk(x: jax.Array, k: int, *, epsilon: jax.Array, options: PavOptions) -> jax.Array:
   return sort(x, descending=True, epsilon=epsilon, options=options)[:, :k]
 
 
-def topk_mask(x: jax.Array, k: int, *, epsilon: float, options: PavOptions) -> jax.Array:
+def topk_mask(x: jax.Array, k: int, *, epsilon: jax.Array, options: PavOptions) -> jax.Array:
   # Sander, Puigcerver, Djolonga, Peyre, Blondel, "Fast, Differentiable and Sparse Top-k", ICML 2023: the
   # projection of x / epsilon onto the permutahedron of (1, ..., 1, 0, ..., 0) with k ones.
-  mask, _ = _projections.project_scores(x * (1.0 / epsilon), options.kl, k, options.impl)
+  mask, _ = _projections.project_scores(x, _per_row(epsilon), options.kl, k, options.impl)
   return mask

@@ -3,7 +3,8 @@
 Same algorithm, same numerics and same outputs as the native core (``csrc/pav_core.h``): a stable descending
 sort, then Pool Adjacent Violators with a stack of blocks, in a ``lax.fori_loop`` over the sorted positions with
 a ``lax.while_loop`` popping violated blocks. Blocks are compared through differences taken within each scale,
-and log-sum-exps are kept as (max, log of the rest) pairs; see the header for why.
+and log-sum-exps are kept as (max, log of the rest) pairs; adjacent blocks with equal values (up to the rounding
+of the comparison) are pooled, as in the reference implementation; see the header for why.
 """
 
 from __future__ import annotations
@@ -14,10 +15,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+# Units in the last place within which two block values count as equal (kTieUlps in pav_core.h).
+_TIE_ULPS = 64.0
+
+
+def _pooled(da, db):
+  """value(p) <= value(c) up to rounding: the tie rule of ``pav_core.h``'s ``pooled``, in the dtype at hand."""
+  magnitude = jnp.abs(da) + jnp.abs(db)
+  eps = jnp.finfo(jnp.result_type(da)).eps
+  tolerance = jnp.where(jnp.isfinite(magnitude), _TIE_ULPS * eps * magnitude, 0)
+  return da - db <= tolerance
+
 
 class _L2(NamedTuple):
-  sum_a: jax.Array
-  sum_b: jax.Array
+  # Means, merged as weighted averages (see pav_core.h): a block of equal values keeps exactly that value.
+  mean_a: jax.Array
+  mean_b: jax.Array
   count: jax.Array
 
   @staticmethod
@@ -25,15 +38,16 @@ class _L2(NamedTuple):
     return _L2(a, b, jnp.ones_like(a))
 
   def merge(self, other):
-    return _L2(self.sum_a + other.sum_a, self.sum_b + other.sum_b, self.count + other.count)
+    count = self.count + other.count
+    share = other.count / count
+    return _L2(self.mean_a + (other.mean_a - self.mean_a) * share, self.mean_b + (other.mean_b - self.mean_b) * share,
+               count)
 
   def violated_by(self, nxt):
-    da = self.sum_a / self.count - nxt.sum_a / nxt.count
-    db = self.sum_b / self.count - nxt.sum_b / nxt.count
-    return da < db
+    return _pooled(self.mean_a - nxt.mean_a, self.mean_b - nxt.mean_b)
 
   def solution(self, a):
-    return (a - self.sum_a / self.count) + self.sum_b / self.count
+    return (a - self.mean_a) + self.mean_b
 
 
 def _lse_merge(max_x, rest_x, max_y, rest_y):
@@ -66,7 +80,7 @@ class _KL(NamedTuple):
   def violated_by(self, nxt):
     da = (self.max_a - nxt.max_a) + (self.rest_a - nxt.rest_a)
     db = (self.max_b - nxt.max_b) + (self.rest_b - nxt.rest_b)
-    return da < db
+    return _pooled(da, db)
 
   def solution(self, a):
     return ((a - self.max_a) - self.rest_a) + (self.max_b + self.rest_b)
@@ -109,17 +123,28 @@ def _pav_row(a: jax.Array, b: jax.Array, stats_type) -> tuple[jax.Array, jax.Arr
   return stats.solution(a), block_start
 
 
-def _descending_order(x: jax.Array) -> jax.Array:
-  # Stable, ties in input order (like the native radix sort); -0.0 and 0.0 compare equal.
-  return jnp.argsort(-jnp.where(x == 0, jnp.zeros_like(x), x), axis=-1, stable=True)
+def _sort_descending(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(x in decreasing order, the permutation): stable, ties in input order (like the native radix sort), -0.0
+  and 0.0 equal.
+
+  The sorted values are the sort's own output, a materialized array. That matters when x is computed (x / epsilon):
+  XLA would otherwise recompute x in every consumer's fusion and contract ``x * (1 / epsilon) - mean`` into a fused
+  multiply-add, so a_i - mean(a_B) on a one-element block would be the rounding error of a_i instead of 0.
+  """
+  keys = -jnp.where(x == 0, jnp.zeros_like(x), x)
+  sorted_keys, perm = lax.sort((keys, jnp.arange(x.shape[-1], dtype=jnp.int32)), num_keys=1, is_stable=True)
+  return -sorted_keys, perm
 
 
-def _rows(fn: Callable, x: jax.Array):
-  """Applies a one-row function to every row of ``[..., n]``, with NaN rows for non-finite inputs."""
+def _rows(fn: Callable, x: jax.Array, epsilon: jax.Array):
+  """Applies a one-row function ``fn(row, epsilon)`` to every row of ``[..., n]`` (``epsilon`` ``[..., 1]``), with
+  NaN rows for non-finite inputs and for an epsilon that is not positive and finite."""
   n = x.shape[-1]
   flat = x.reshape(-1, n)
-  outs = jax.vmap(fn)(flat)
-  finite = jnp.all(jnp.isfinite(flat), axis=-1, keepdims=True)
+  flat_epsilon = epsilon.reshape(-1)
+  valid_epsilon = (flat_epsilon > 0) & jnp.isfinite(flat_epsilon)
+  outs = jax.vmap(fn)(flat, jnp.where(valid_epsilon, flat_epsilon, 1))
+  finite = jnp.all(jnp.isfinite(flat), axis=-1, keepdims=True) & valid_epsilon[:, None]
   valid_ids = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), flat.shape)
   outs = tuple(
       jnp.where(finite, o, jnp.nan if jnp.issubdtype(o.dtype, jnp.floating) else valid_ids) for o in outs)
@@ -130,32 +155,33 @@ def _stats_type(kl: bool):
   return _KL if kl else _L2
 
 
-def scores(z: jax.Array, *, kl: bool, topk: int) -> tuple[jax.Array, jax.Array]:
+def scores(x: jax.Array, epsilon: jax.Array, *, kl: bool, topk: int) -> tuple[jax.Array, jax.Array]:
   """Pure-JAX twin of :func:`otsort.pav._kernels.scores`."""
-  n = z.shape[-1]
+  n = x.shape[-1]
   position = jnp.arange(n)
-  w = (n - position if topk == 0 else position < topk).astype(z.dtype)
+  w = (n - position if topk == 0 else position < topk).astype(x.dtype)
   target = jnp.log(w) if kl else w
 
-  def row(zr):
-    perm = _descending_order(zr)
-    solution, block = _pav_row(zr[perm], target, _stats_type(kl))
+  def row(xr, eps):
+    z, perm = _sort_descending(xr / eps)  # dividing first keeps the order and the ties
+    solution, block = _pav_row(z, target, _stats_type(kl))
     value = jnp.exp(solution) if kl else solution
     unsort = lambda v: jnp.zeros_like(v).at[perm].set(v)
     return unsort(value), unsort(block)
 
-  return _rows(row, z)
+  return _rows(row, x, epsilon)
 
 
-def sort(x: jax.Array, *, kl: bool, epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def sort(x: jax.Array, epsilon: jax.Array, *, kl: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Pure-JAX twin of :func:`otsort.pav._kernels.sort`."""
   n = x.shape[-1]
-  scaled_rho = jnp.arange(n, 0, -1).astype(x.dtype) * (1.0 / epsilon)
+  rho = jnp.arange(n, 0, -1).astype(x.dtype)
 
-  def row(xr):
-    perm = _descending_order(xr)
-    solution, block_out = _pav_row(scaled_rho, xr[perm], _stats_type(kl))
+  def row(xr, eps):
+    sorted_x, perm = _sort_descending(xr)
+    a, _ = _sort_descending(rho / eps)  # already decreasing: the sort only materializes it (see above)
+    solution, block_out = _pav_row(a, sorted_x, _stats_type(kl))
     block_in = jnp.zeros_like(block_out).at[perm].set(block_out)
     return solution, block_in, block_out
 
-  return _rows(row, x)
+  return _rows(row, x, epsilon)

@@ -92,78 +92,83 @@ def _row_spec(sharding, ndim: int) -> PartitionSpec:
 
 
 def _rowwise(kernel: Callable, num_outputs: int) -> Callable:
-  """Makes a kernel on rows ``[..., n]`` partitionable and batchable.
+  """Makes a kernel on rows ``(x [..., n], epsilon [..., 1])`` partitionable and batchable.
 
   XLA cannot look inside a custom call, so it would gather a sharded input onto every device and run the whole
   call there. The partitioning rule tells it that rows are independent: each device runs the kernel on its
-  own rows. The vmap rule says the same to JAX: a mapped axis is one more leading dimension of rows.
+  own rows (and their epsilons). The vmap rule says the same to JAX: a mapped axis is one more leading
+  dimension of rows.
   """
   partitioned = custom_partitioning(kernel)
 
   def shardings(mesh, arg_shapes):
     spec = _row_spec(arg_shapes[0].sharding, len(arg_shapes[0].shape))
-    return NamedSharding(mesh, spec), tuple(NamedSharding(mesh, spec) for _ in range(num_outputs))
+    row = NamedSharding(mesh, spec)
+    return (row, row), tuple(row for _ in range(num_outputs))
 
   def infer(mesh, arg_shapes, result_shape):
     return shardings(mesh, arg_shapes)[1]
 
   def partition(mesh, arg_shapes, result_shape):
-    arg_sharding, out_shardings = shardings(mesh, arg_shapes)
-    return mesh, kernel, out_shardings, (arg_sharding,)
+    arg_shardings, out_shardings = shardings(mesh, arg_shapes)
+    return mesh, kernel, out_shardings, arg_shardings
 
   partitioned.def_partition(
       partition=partition,
       infer_sharding_from_operands=infer,
-      sharding_rule="... n -> " + ", ".join(["... n"] * num_outputs),
-      need_replication_factors=("n",),
+      sharding_rule="... n, ... o -> " + ", ".join(["... n"] * num_outputs),
+      need_replication_factors=("n", "o"),
   )
   batched = jax.custom_batching.custom_vmap(partitioned)
 
   @batched.def_vmap
-  def _vmap_rule(axis_size, in_batched, x):
-    del axis_size  # the mapped axis is just another leading dimension
-    return batched(x), (in_batched[0],) * num_outputs
+  def _vmap_rule(axis_size, in_batched, x, epsilon):
+    # The mapped axis is just another leading dimension; an unmapped operand is broadcast along it.
+    x, epsilon = (a if mapped else jnp.broadcast_to(a, (axis_size, *a.shape))
+                  for a, mapped in zip((x, epsilon), in_batched))
+    return batched(x, epsilon), (True,) * num_outputs
 
   return batched
 
 
 @functools.cache
 def _scores_call(kl: bool, topk: int) -> Callable:
-  def kernel(z):
+  def kernel(x, epsilon):
     call = jax.ffi.ffi_call(
         _SCORES_TARGET,
-        (jax.ShapeDtypeStruct(z.shape, z.dtype), jax.ShapeDtypeStruct(z.shape, jnp.int32)),
+        (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape, jnp.int32)),
         vmap_method="broadcast_all",
     )
-    return call(z, kl=np.bool_(kl), topk=np.int64(topk))
+    return call(x, epsilon, kl=np.bool_(kl), topk=np.int64(topk))
 
   return _rowwise(kernel, 2)
 
 
 @functools.cache
-def _sort_call(kl: bool, epsilon: float) -> Callable:
-  def kernel(x):
+def _sort_call(kl: bool) -> Callable:
+  def kernel(x, epsilon):
     ids = jax.ShapeDtypeStruct(x.shape, jnp.int32)
     call = jax.ffi.ffi_call(
         _SORT_TARGET,
         (jax.ShapeDtypeStruct(x.shape, x.dtype), ids, ids),
         vmap_method="broadcast_all",
     )
-    return call(x, kl=np.bool_(kl), epsilon=np.float64(epsilon))
+    return call(x, epsilon, kl=np.bool_(kl))
 
   return _rowwise(kernel, 3)
 
 
-def scores(z: jax.Array, *, kl: bool, topk: int) -> tuple[jax.Array, jax.Array]:
-  """P(z, w) for each row of ``z`` ``[..., n]``: (projection, block ids), both in input order.
+def scores(x: jax.Array, epsilon: jax.Array, *, kl: bool, topk: int) -> tuple[jax.Array, jax.Array]:
+  """P(x / epsilon, w) for each row of ``x`` ``[..., n]``: (projection, block ids), both in input order.
 
-  ``w`` is rho = (n, ..., 1) when ``topk`` is 0 (1-based soft ranks), else k ones then zeros (top-k mask).
+  ``epsilon`` ``[..., 1]`` holds each row's epsilon (the division is done in double inside the kernel). ``w`` is
+  rho = (n, ..., 1) when ``topk`` is 0 (1-based soft ranks), else k ones then zeros (top-k mask).
   """
   _register_available()
-  return _scores_call(bool(kl), int(topk))(z)
+  return _scores_call(bool(kl), int(topk))(x, epsilon)
 
 
-def sort(x: jax.Array, *, kl: bool, epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def sort(x: jax.Array, epsilon: jax.Array, *, kl: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
   """P(rho / epsilon, x) for each row: (values in decreasing order, block id per input, per output)."""
   _register_available()
-  return _sort_call(bool(kl), float(epsilon))(x)
+  return _sort_call(bool(kl))(x, epsilon)

@@ -12,10 +12,12 @@ Inputs are rows ``[batch, n]``; block ids are sorted positions in ``[0, n)``, pe
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from otsort.pav import _isotonic_xla
 from otsort.pav import _kernels
@@ -70,41 +72,75 @@ def _int_tangent(x: jax.Array) -> np.ndarray:
   return np.zeros(x.shape, dtype=jax.dtypes.float0)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
-def project_scores(z: jax.Array, kl: bool, topk: int, impl: str) -> tuple[jax.Array, jax.Array]:
-  """P(z, w) for each row of ``z`` and its block ids; w = rho = (n, ..., 1) for ``topk`` = 0 (1-based soft
-  ranks), else k ones then zeros (soft top-k mask)."""
-  return _solver(impl, _kernels.scores, _isotonic_xla.scores)(z, kl=kl, topk=topk)
+def _is_zero(tangent) -> bool:
+  return isinstance(tangent, SymbolicZero)
 
 
-@project_scores.defjvp
-def _project_scores_jvp(kl, topk, impl, primals, tangents):
-  (z,), (dz,) = primals, tangents
-  r, block = project_scores(z, kl, topk, impl)  # called again: higher derivatives see r as a function of z
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def project_scores(x: jax.Array, epsilon: jax.Array, kl: bool, topk: int, impl: str) -> tuple[jax.Array, jax.Array]:
+  """P(x / epsilon, w) for each row of ``x`` ``[batch, n]`` and its block ids; ``epsilon`` is ``[batch, 1]``.
+
+  w = rho = (n, ..., 1) for ``topk`` = 0 (1-based soft ranks), else k ones then zeros (soft top-k mask).
+  """
+  return _solver(impl, _kernels.scores, _isotonic_xla.scores)(x, epsilon, kl=kl, topk=topk)
+
+
+def _scores_jacobian(r: jax.Array, block: jax.Array, kl: bool) -> Callable[[jax.Array], jax.Array]:
+  """v -> J v, the Jacobian of P(z, w) in z at the solution ``r`` (linear in v)."""
   if kl:
     # r = softmax_B(z) * sum_B(w): dr = r * (dz - sum_B softmax_B(z) dz), and softmax_B(z) = r / sum_B r.
-    dr = r * (dz - _block_weighted_mean(dz, r, block, block))
-  else:
-    dr = dz - _block_weighted_mean(dz, jnp.ones_like(dz), block, block)
+    return lambda v: r * (v - _block_weighted_mean(v, r, block, block))
+  return lambda v: v - _block_weighted_mean(v, jnp.ones_like(v), block, block)
+
+
+@functools.partial(project_scores.defjvp, symbolic_zeros=True)
+def _project_scores_jvp(kl, topk, impl, primals, tangents):
+  (x, epsilon), (dx, depsilon) = primals, tangents
+  r, block = project_scores(x, epsilon, kl, topk, impl)  # called again: higher derivatives see r as a function
+  jacobian = _scores_jacobian(r, block, kl)
+  dr = jnp.zeros_like(r)
+  if not _is_zero(dx):
+    dr = dr + jacobian(dx) / epsilon  # J (dx / epsilon), scaled after J: J is exactly 0 on one-element blocks
+  if not _is_zero(depsilon):
+    # dz = -z * depsilon / epsilon, and J z is read off the solution, not formed from z = x / epsilon (which
+    # may overflow): within a block r - z is constant (L2), or log r - z is (KL).
+    if kl:
+      log_r = jnp.where(r > 0, jnp.log(jnp.where(r > 0, r, 1)), 0)
+      jz = jacobian(log_r)
+    else:
+      jz = jacobian(r)
+    dr = dr - jz * (depsilon / epsilon)
   return (r, block), (dr, _int_tangent(block))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
-def project_sort(x: jax.Array, kl: bool, epsilon: float, impl: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def project_sort(x: jax.Array, epsilon: jax.Array, kl: bool, impl: str) -> tuple[jax.Array, jax.Array, jax.Array]:
   """P(rho / epsilon, x): the soft sort of each row of ``x`` in decreasing order, and block ids (in, out)."""
-  return _solver(impl, _kernels.sort, _isotonic_xla.sort)(x, kl=kl, epsilon=epsilon)
+  return _solver(impl, _kernels.sort, _isotonic_xla.sort)(x, epsilon, kl=kl)
 
 
-@project_sort.defjvp
-def _project_sort_jvp(kl, epsilon, impl, primals, tangents):
-  (x,), (dx,) = primals, tangents
-  out, block_in, block_out = project_sort(x, kl, epsilon, impl)
-  if kl:
-    # Each output is LSE_B(x) plus a constant: its derivative is the softmax of x over the block.
-    # The block maximum only shifts the exponent; it keeps exp() in range and needs no derivative.
-    block_max = _gather(_block_max(jax.lax.stop_gradient(x), block_in), block_in)
-    weights = jnp.exp(x - block_max)
-  else:
-    weights = jnp.ones_like(dx)
-  dout = _block_weighted_mean(dx, weights, block_in, block_out)
+@functools.partial(project_sort.defjvp, symbolic_zeros=True)
+def _project_sort_jvp(kl, impl, primals, tangents):
+  (x, epsilon), (dx, depsilon) = primals, tangents
+  out, block_in, block_out = project_sort(x, epsilon, kl, impl)
+  dout = jnp.zeros_like(out)
+  if not _is_zero(dx):
+    if kl:
+      # Each output is LSE_B(x) plus a constant: its derivative is the softmax of x over the block.
+      # The block maximum only shifts the exponent; it keeps exp() in range and needs no derivative.
+      block_max = _gather(_block_max(jax.lax.stop_gradient(x), block_in), block_in)
+      weights = jnp.exp(x - block_max)
+    else:
+      weights = jnp.ones_like(dx)
+    dout = dout + _block_weighted_mean(dx, weights, block_in, block_out)
+  if not _is_zero(depsilon):
+    # out = a - v_B with a = rho / epsilon, da = -a depsilon / epsilon. Within a block a - out is constant, so
+    # the centred a (L2: minus its block mean; KL: minus its block softmax mean) is the centred output.
+    if kl:
+      top = _gather(_block_max(jax.lax.stop_gradient(out), block_out), block_out)
+      weights = jnp.exp(out - top)
+    else:
+      weights = jnp.ones_like(out)
+    centred = out - _block_weighted_mean(out, weights, block_out, block_out)
+    dout = dout - centred * (depsilon / epsilon)
   return (out, block_in, block_out), (dout, _int_tangent(block_in), _int_tangent(block_out))

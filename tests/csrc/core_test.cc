@@ -5,7 +5,8 @@
 //   * sort_descending is std::stable_sort by `>`: same permutation (ties in input order), -0.0 == 0.0, for float
 //     and double, on both sides of the insertion-sort threshold (64) and on long rows (radix passes).
 //   * project_scores_row and project_sort_row, L2 and KL, agree with an independent reference: pooling adjacent
-//     violators right to left until none is left, block values recomputed from scratch in long double.
+//     violators (ties included, as in the paper's reference code) right to left until none is left, block values
+//     recomputed from scratch in long double; adjacent blocks of exactly equal value are pooled.
 //   * The block ids are well formed (each id is the sorted position where its block starts) and describe the
 //     reference solution: re-solving each of the core's blocks in long double gives the reference values.
 //   * The projections stay in the permutahedron: the sum of the target is kept, top-k masks (KL: log(0) = -inf
@@ -148,6 +149,14 @@ Real log_sum_exp(const std::vector<Real>& v, int32_t begin, int32_t end) {
   return m + std::log(sum);
 }
 
+// The a-part or b-part of a block's value: its mean (L2) or log-sum-exp (KL).
+Real part(bool kl, const std::vector<Real>& v, int32_t begin, int32_t end) {
+  if (kl) return log_sum_exp(v, begin, end);
+  Real sum = 0;
+  for (int32_t i = begin; i < end; ++i) sum += v[i];
+  return sum / (end - begin);
+}
+
 Real block_value(bool kl, const std::vector<Real>& a, const std::vector<Real>& b, int32_t begin, int32_t end) {
   if (kl) return log_sum_exp(a, begin, end) - log_sum_exp(b, begin, end);
   Real sa = 0, sb = 0;
@@ -170,7 +179,7 @@ std::vector<Real> reference_isotonic(bool kl, const std::vector<Real>& a, const 
   for (bool merged = true; merged;) {
     merged = false;
     for (int64_t k = static_cast<int64_t>(blocks.size()) - 2; k >= 0; --k) {
-      if (blocks[k].value < blocks[k + 1].value) {
+      if (blocks[k].value <= blocks[k + 1].value) {  // ties are pooled, as in the paper's reference code
         blocks[k].end = blocks[k + 1].end;
         blocks[k].value = block_value(kl, a, b, blocks[k].begin, blocks[k].end);
         blocks.erase(blocks.begin() + k + 1);
@@ -232,6 +241,21 @@ void compare_with_reference(bool kl, bool exp_output, const std::vector<Real>& a
   const Real out_eps = 4 * std::numeric_limits<T>::epsilon();
   const std::vector<Real> v_ref = reference_isotonic(kl, a, b);
   const std::vector<Real> v_core = values_of_blocks(kl, a, b, ids);
+  // Blocks are maximal: two adjacent blocks whose values are exactly equal must have been pooled. The values
+  // are compared as the core does, part by part (a huge common level would swamp a difference in one number).
+  for (int32_t i = 1, p_begin = 0; i < n; ++i) {
+    if (ids[i] == ids[i - 1]) continue;
+    int32_t c_end = i + 1;
+    while (c_end < n && ids[c_end] == ids[i]) ++c_end;
+    const Real da = part(kl, a, p_begin, i) - part(kl, a, i, c_end);
+    const Real db = part(kl, b, p_begin, i) - part(kl, b, i, c_end);
+    if (da == db) {
+      check(false, label + ": two adjacent blocks with equal values were not pooled at sorted position " +
+                       std::to_string(i));
+      return;
+    }
+    p_begin = i;
+  }
   for (int32_t i = 0; i < n; ++i) {
     if (!(std::fabs(v_core[i] - v_ref[i]) <= tol_v)) {
       char buffer[200];
@@ -265,7 +289,7 @@ void check_scores_row(const std::vector<T>& z, int32_t topk, const std::string& 
   std::vector<int32_t> start(n), block(n, -1);
   std::vector<typename Reg::Stats> stats(n);
   const otsort::Target w{n, topk};
-  otsort::project_scores_row<Reg>(n, sorted.data(), perm.data(), w, start.data(), stats.data(), out.data(),
+  otsort::project_scores_row<Reg>(n, sorted.data(), perm.data(), 1.0, w, start.data(), stats.data(), out.data(),
                                   block.data());
 
   std::vector<Real> a(n), b(n), out_sorted(n);
@@ -301,13 +325,13 @@ void check_sort_projection_row(const std::vector<T>& x, double epsilon, const st
   for (int32_t i = 0; i < n; ++i) sorted[i] = x[perm[i]];
   std::vector<int32_t> start(n), block_in(n, -1), block_out(n, -1);
   std::vector<typename Reg::Stats> stats(n);
-  otsort::project_sort_row<Reg>(n, sorted.data(), perm.data(), 1.0 / epsilon, start.data(), stats.data(),
-                                out.data(), block_in.data(), block_out.data());
+  otsort::project_sort_row<Reg>(n, sorted.data(), perm.data(), epsilon, start.data(), stats.data(), out.data(),
+                                block_in.data(), block_out.data());
 
   std::vector<Real> a(n), b(n), out_sorted(n);
   bool ids_agree = true;
   for (int32_t i = 0; i < n; ++i) {
-    a[i] = static_cast<Real>(n - i) * static_cast<Real>(1.0 / epsilon);
+    a[i] = static_cast<Real>(n - i) / static_cast<Real>(epsilon);
     b[i] = sorted[i];
     out_sorted[i] = out[i];
     ids_agree = ids_agree && block_in[perm[i]] == block_out[i];

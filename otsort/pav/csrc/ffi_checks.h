@@ -28,9 +28,12 @@ inline xla::ffi::Error check_topk(int64_t topk, int32_t n) {
   return xla::ffi::Error::Success();
 }
 
-inline xla::ffi::Error check_epsilon(double epsilon) {
-  if (!(epsilon > 0) || !std::isfinite(epsilon)) {
-    return xla::ffi::Error::InvalidArgument("otsort pav: epsilon must be positive and finite");
+// epsilon holds one value per row of x, in x's dtype. Its values are not checked here: a row whose epsilon is
+// not positive and finite comes out NaN (a traced epsilon cannot be checked before the call).
+inline xla::ffi::Error check_epsilon_operand(xla::ffi::AnyBuffer x, xla::ffi::AnyBuffer epsilon, int64_t rows) {
+  if (epsilon.element_type() != x.element_type() ||
+      (rows != 0 && static_cast<int64_t>(epsilon.element_count()) != rows)) {
+    return xla::ffi::Error::InvalidArgument("otsort pav: epsilon must hold one value per row, in x's dtype");
   }
   return xla::ffi::Error::Success();
 }

@@ -13,8 +13,18 @@
 // So block values are never formed as one number: two blocks are compared through the differences
 // a-part(p) - a-part(c) versus b-part(p) - b-part(c), each taken within its own scale, and the solution is
 // written as (a_i - center(a_B)) + center(b_B). Log-sum-exps are kept as (max, log of the rest) pairs.
+//
+// Ties: adjacent blocks with EQUAL values are pooled, as in the reference implementation of the paper
+// (google-research/fast-soft-sort) and torchsort. The values do not change, but the blocks, and so the
+// derivative, do: on a face of the permutahedron (x / epsilon a permutation of 1..n, integer scores) the
+// reference's generalized Jacobian averages over the tied blocks where a strict rule would return zero.
+// "Equal" means equal up to kTieUlps units in the last place of the two differences compared, so that ties
+// that are exact in real arithmetic are pooled whatever the rounding of the libm at hand (the CPU, the GPU and
+// XLA round log1p and exp differently); the pure-JAX twin applies the same rule with its own dtype's epsilon.
+// Pooling two blocks whose values differ by that little moves the solution by as little.
 #pragma once
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -26,33 +36,46 @@
 
 namespace otsort {
 
-// Quadratic regularization: block statistics are sums.
+constexpr double kTieUlps = 64.0;
+
+// Finite and not NaN; written out because std::isfinite is not a device function.
+OTSORT_HD bool is_finite(double x) { return fabs(x) <= DBL_MAX; }
+
+// Two blocks p, c (p before c) must be pooled when value(p) <= value(c), value = a-part - b-part, given the
+// differences da and db of their a-parts and b-parts. A NaN compares false, so no row can loop forever.
+OTSORT_HD bool pooled(double da, double db) {
+  const double magnitude = fabs(da) + fabs(db);
+  const double tolerance = is_finite(magnitude) ? kTieUlps * DBL_EPSILON * magnitude : 0.0;
+  return da - db <= tolerance;
+}
+
+// Quadratic regularization: block statistics are means. They are merged as weighted averages, not kept as sums:
+// a block of equal values then has exactly that value as its mean (a sum of huge equal values would round, and
+// a_i - mean(a_B) would be the rounding error instead of 0).
 struct L2 {
   static constexpr bool kLogDomain = false;
 
   struct Stats {
-    double sum_a;
-    double sum_b;
+    double mean_a;
+    double mean_b;
     int32_t count;
   };
 
   OTSORT_HD static Stats make(double a, double b) { return {a, b, 1}; }
 
   OTSORT_HD static Stats merge(const Stats& p, const Stats& c) {
-    return {p.sum_a + c.sum_a, p.sum_b + c.sum_b, p.count + c.count};
+    const int32_t count = p.count + c.count;
+    const double share = static_cast<double>(c.count) / count;
+    return {p.mean_a + (c.mean_a - p.mean_a) * share, p.mean_b + (c.mean_b - p.mean_b) * share, count};
   }
 
-  // True when the block before (p) has a smaller value than the block after (c): v must decrease.
+  // True when the block before (p) has a value no larger than the block after (c): v must strictly decrease.
   OTSORT_HD static bool violated(const Stats& p, const Stats& c) {
-    const double da = p.sum_a / p.count - c.sum_a / c.count;
-    const double db = p.sum_b / p.count - c.sum_b / c.count;
-    return da < db;
+    return pooled(p.mean_a - c.mean_a, p.mean_b - c.mean_b);
   }
 
   // a_i - v_B, in the sorted domain.
-  OTSORT_HD static double solution(double a, const Stats& s) {
-    return (a - s.sum_a / s.count) + s.sum_b / s.count;
-  }
+  OTSORT_HD static double solution(double a, const Stats& s) { return (a - s.mean_a) + s.mean_b; }
 };
 
 // log(sum(exp(.))) of a block, as max + log_rest with log_rest in [0, log n].
@@ -80,6 +103,7 @@ OTSORT_HD double lse_diff(const LogSumExp& x, const LogSumExp& y) {
   return (x.max - y.max) + (x.log_rest - y.log_rest);
 }
 
+
 // Entropic (KL) regularization: block statistics are log-sum-exps.
 struct KL {
   static constexpr bool kLogDomain = true;
@@ -96,7 +120,7 @@ struct KL {
   }
 
   OTSORT_HD static bool violated(const Stats& p, const Stats& c) {
-    return lse_diff(p.a, c.a) < lse_diff(p.b, c.b);
+    return pooled(lse_diff(p.a, c.a), lse_diff(p.b, c.b));
   }
 
   // a_i - v_B, the projection in the log domain.
@@ -154,12 +178,13 @@ struct Target {
   }
 };
 
-// P(z, w): L2 gives z - v with b = w, KL gives exp(z - v) with b = log(w). out and block are in input order.
+// P(x / epsilon, w): L2 gives z - v with b = w, KL gives exp(z - v) with b = log(w), z = x / epsilon scaled in
+// double, so no finite x and positive epsilon overflow. out and block are in input order.
 template <class Reg, class T>
-OTSORT_HD void project_scores_row(int32_t n, const T* sorted, const int32_t* perm, Target w, int32_t* start,
-                                  typename Reg::Stats* stats, T* out, int32_t* block) {
+OTSORT_HD void project_scores_row(int32_t n, const T* sorted, const int32_t* perm, double epsilon, Target w,
+                                  int32_t* start, typename Reg::Stats* stats, T* out, int32_t* block) {
   constexpr bool exp_output = Reg::kLogDomain;
-  auto a = [&](int32_t i) { return static_cast<double>(sorted[i]); };
+  auto a = [&](int32_t i) { return static_cast<double>(sorted[i]) / epsilon; };
   auto b = [&](int32_t i) { return exp_output ? log(w(i)) : w(i); };
   const int32_t m = pool_adjacent_violators<Reg>(n, a, b, start, stats);
   for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
@@ -172,10 +197,9 @@ OTSORT_HD void project_scores_row(int32_t n, const T* sorted, const int32_t* per
 // Soft sort, P(rho / epsilon, s) for the row s: rho / epsilon projected onto the permutahedron of s.
 // out and block_out are in sorted order, block_in in input order.
 template <class Reg, class T>
-OTSORT_HD void project_sort_row(int32_t n, const T* sorted, const int32_t* perm, double inv_epsilon,
-                                int32_t* start, typename Reg::Stats* stats, T* out, int32_t* block_in,
-                                int32_t* block_out) {
-  auto a = [&](int32_t i) { return static_cast<double>(n - i) * inv_epsilon; };
+OTSORT_HD void project_sort_row(int32_t n, const T* sorted, const int32_t* perm, double epsilon, int32_t* start,
+                                typename Reg::Stats* stats, T* out, int32_t* block_in, int32_t* block_out) {
+  auto a = [&](int32_t i) { return static_cast<double>(n - i) / epsilon; };
   auto b = [&](int32_t i) { return static_cast<double>(sorted[i]); };
   const int32_t m = pool_adjacent_violators<Reg>(n, a, b, start, stats);
   for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
@@ -184,6 +208,10 @@ OTSORT_HD void project_sort_row(int32_t n, const T* sorted, const int32_t* perm,
     block_in[perm[i]] = block_start;
   });
 }
+
+// Rows are projected only with a positive, finite epsilon (the front end checks concrete values; a traced one
+// reaches the kernel as it is and its row comes out NaN).
+OTSORT_HD bool valid_epsilon(double epsilon) { return epsilon > 0 && is_finite(epsilon); }
 
 // Workspace bytes per element for the PAV stack (start + stats), the larger of the two regularizations.
 constexpr int64_t kStackBytesPerElement =

@@ -94,52 +94,56 @@ struct RowScratch {
 };
 
 template <class T, class Reg>
-void scores_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, int32_t topk, const T* z, T* out,
-                 int32_t* block) {
+void scores_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, int32_t topk, const T* x, const T* epsilon,
+                 T* out, int32_t* block) {
   parallel_rows(pool, rows, n, [&](int64_t r) {
-    const T* zr = z + r * n;
+    const T* xr = x + r * n;
     T* out_r = out + r * n;
     int32_t* block_r = block + r * n;
-    if (!all_finite(n, zr)) return fill_invalid_row(n, out_r, block_r, static_cast<int32_t*>(nullptr));
+    if (!all_finite(n, xr) || !valid_epsilon(epsilon[r])) {
+      return fill_invalid_row(n, out_r, block_r, static_cast<int32_t*>(nullptr));
+    }
     auto& s = RowScratch<T>::local();
     s.reserve(n);
-    sort_descending(n, zr, s.sorted.data(), s.perm.data(), s.sort);
-    project_scores_row<Reg>(n, s.sorted.data(), s.perm.data(), Target{n, topk}, s.start.data(),
+    sort_descending(n, xr, s.sorted.data(), s.perm.data(), s.sort);
+    project_scores_row<Reg>(n, s.sorted.data(), s.perm.data(), epsilon[r], Target{n, topk}, s.start.data(),
                             reinterpret_cast<typename Reg::Stats*>(s.stats.data()), out_r, block_r);
   });
 }
 
 template <class T, class Reg>
-void sort_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, const T* x, double inv_epsilon, T* out,
+void sort_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, const T* x, const T* epsilon, T* out,
                int32_t* block_in, int32_t* block_out) {
   parallel_rows(pool, rows, n, [&](int64_t r) {
     const T* xr = x + r * n;
     T* out_r = out + r * n;
     int32_t* in_r = block_in + r * n;
     int32_t* out_block_r = block_out + r * n;
-    if (!all_finite(n, xr)) return fill_invalid_row(n, out_r, in_r, out_block_r);
+    if (!all_finite(n, xr) || !valid_epsilon(epsilon[r])) return fill_invalid_row(n, out_r, in_r, out_block_r);
     auto& s = RowScratch<T>::local();
     s.reserve(n);
     sort_descending(n, xr, s.sorted.data(), s.perm.data(), s.sort);
-    project_sort_row<Reg>(n, s.sorted.data(), s.perm.data(), inv_epsilon, s.start.data(),
+    project_sort_row<Reg>(n, s.sorted.data(), s.perm.data(), epsilon[r], s.start.data(),
                           reinterpret_cast<typename Reg::Stats*>(s.stats.data()), out_r, in_r, out_block_r);
   });
 }
 
-ffi::Error PavScoresImpl(ffi::ThreadPool pool, ffi::AnyBuffer z, bool kl, int64_t topk,
+ffi::Error PavScoresImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer epsilon, bool kl, int64_t topk,
                          ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::S32>> block) {
   int64_t rows = 0;
   int32_t n = 0;
-  if (auto error = row_shape(z, &rows, &n); error.failure()) return error;
+  if (auto error = row_shape(x, &rows, &n); error.failure()) return error;
   if (auto error = check_topk(topk, n); error.failure()) return error;
+  if (auto error = check_epsilon_operand(x, epsilon, rows); error.failure()) return error;
   int32_t* b = block->typed_data();
-  switch (z.element_type()) {
+  switch (x.element_type()) {
     case ffi::F32:
-      (kl ? scores_rows<float, KL> : scores_rows<float, L2>)(pool, rows, n, topk, z.typed_data<float>(),
-                                                           out->typed_data<float>(), b);
+      (kl ? scores_rows<float, KL> : scores_rows<float, L2>)(pool, rows, n, topk, x.typed_data<float>(),
+                                                           epsilon.typed_data<float>(), out->typed_data<float>(), b);
       return ffi::Error::Success();
     case ffi::F64:
-      (kl ? scores_rows<double, KL> : scores_rows<double, L2>)(pool, rows, n, topk, z.typed_data<double>(),
+      (kl ? scores_rows<double, KL> : scores_rows<double, L2>)(pool, rows, n, topk, x.typed_data<double>(),
+                                                             epsilon.typed_data<double>(),
                                                              out->typed_data<double>(), b);
       return ffi::Error::Success();
     default:
@@ -147,23 +151,24 @@ ffi::Error PavScoresImpl(ffi::ThreadPool pool, ffi::AnyBuffer z, bool kl, int64_
   }
 }
 
-ffi::Error PavSortImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, bool kl, double epsilon,
+ffi::Error PavSortImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer epsilon, bool kl,
                        ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::S32>> block_in,
                        ffi::Result<ffi::Buffer<ffi::S32>> block_out) {
-  if (auto error = check_epsilon(epsilon); error.failure()) return error;
   int64_t rows = 0;
   int32_t n = 0;
   if (auto error = row_shape(x, &rows, &n); error.failure()) return error;
+  if (auto error = check_epsilon_operand(x, epsilon, rows); error.failure()) return error;
   int32_t* bi = block_in->typed_data();
   int32_t* bo = block_out->typed_data();
   switch (x.element_type()) {
     case ffi::F32:
-      (kl ? sort_rows<float, KL> : sort_rows<float, L2>)(pool, rows, n, x.typed_data<float>(), 1.0 / epsilon,
-                                                         out->typed_data<float>(), bi, bo);
+      (kl ? sort_rows<float, KL> : sort_rows<float, L2>)(pool, rows, n, x.typed_data<float>(),
+                                                         epsilon.typed_data<float>(), out->typed_data<float>(), bi, bo);
       return ffi::Error::Success();
     case ffi::F64:
-      (kl ? sort_rows<double, KL> : sort_rows<double, L2>)(pool, rows, n, x.typed_data<double>(), 1.0 / epsilon,
-                                                           out->typed_data<double>(), bi, bo);
+      (kl ? sort_rows<double, KL> : sort_rows<double, L2>)(pool, rows, n, x.typed_data<double>(),
+                                                           epsilon.typed_data<double>(), out->typed_data<double>(),
+                                                           bi, bo);
       return ffi::Error::Success();
     default:
       return unsupported_dtype();
@@ -180,7 +185,8 @@ extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavSortCp
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavScoresCpu, otsort::PavScoresImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()          // scores z = x / epsilon (sign applied), [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // x (sign applied), [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // epsilon of each row, [..., 1], x's dtype
                                   .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
                                   .Attr<int64_t>("topk")          // target: 0 for rho = (n..1), k for k ones
                                   .Ret<ffi::AnyBuffer>()          // P(z, target), input order
@@ -190,8 +196,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavSortCpu, otsort::PavSortImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()          // x (sign applied), [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // epsilon of each row, [..., 1], x's dtype
                                   .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
-                                  .Attr<double>("epsilon")        // regularization strength, > 0
                                   .Ret<ffi::AnyBuffer>()          // soft sort, decreasing order
                                   .Ret<ffi::Buffer<ffi::S32>>()   // block id of each input element
                                   .Ret<ffi::Buffer<ffi::S32>>());  // block id of each sorted position

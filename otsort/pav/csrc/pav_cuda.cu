@@ -11,7 +11,8 @@
 //   4. PAV      one thread per row runs the core's project_scores_row / project_sort_row. PAV is a sequential
 //               stack walk; the rows are the parallelism.
 //   5. invalid  one thread per element: a row with a NaN or an infinity (its first or last sorted value is not
-//               finite) becomes NaN, with block ids 0..n-1, as on the CPU.
+//               finite), or whose epsilon is not positive and finite, becomes NaN, with block ids 0..n-1, as on
+//               the CPU.
 // Temporary memory comes from XLA's scratch allocator (no cudaMalloc); the PAV stack reuses the sort's storage.
 #include <cuda_runtime.h>
 
@@ -67,8 +68,8 @@ __device__ inline K value_bits_of_descending_key(K key) {
 // Non-finite values sort to the ends of a row (+inf and NaNs with the sign bit clear first, the others last),
 // so two reads decide whether the whole row is finite.
 template <class T>
-__device__ inline bool sorted_row_is_finite(int32_t n, const T* sorted) {
-  return isfinite(sorted[0]) && isfinite(sorted[n - 1]);
+__device__ inline bool sorted_row_is_valid(int32_t n, const T* sorted, T epsilon) {
+  return isfinite(sorted[0]) && isfinite(sorted[n - 1]) && valid_epsilon(epsilon);
 }
 
 __device__ inline int64_t first_index() { return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
@@ -96,33 +97,35 @@ __global__ void keys_to_values_kernel(int64_t total, K* keys) {
 
 template <class T, class Reg>
 __global__ void scores_kernel(int64_t rows, int32_t n, int32_t topk, const T* sorted, const int32_t* perm,
-                              int32_t* start, typename Reg::Stats* stats, T* out, int32_t* block) {
+                              const T* epsilon, int32_t* start, typename Reg::Stats* stats, T* out, int32_t* block) {
   for (int64_t r = first_index(); r < rows; r += grid_stride()) {
     const int64_t o = r * n;
-    if (!sorted_row_is_finite(n, sorted + o)) continue;
-    project_scores_row<Reg>(n, sorted + o, perm + o, Target{n, topk}, start + o, stats + o, out + o, block + o);
+    if (!sorted_row_is_valid(n, sorted + o, epsilon[r])) continue;
+    project_scores_row<Reg>(n, sorted + o, perm + o, epsilon[r], Target{n, topk}, start + o, stats + o, out + o,
+                            block + o);
   }
 }
 
 template <class T, class Reg>
-__global__ void sort_kernel(int64_t rows, int32_t n, double inv_epsilon, const T* sorted, const int32_t* perm,
+__global__ void sort_kernel(int64_t rows, int32_t n, const T* sorted, const int32_t* perm, const T* epsilon,
                             int32_t* start, typename Reg::Stats* stats, T* out, int32_t* block_in,
                             int32_t* block_out) {
   for (int64_t r = first_index(); r < rows; r += grid_stride()) {
     const int64_t o = r * n;
-    if (!sorted_row_is_finite(n, sorted + o)) continue;
-    project_sort_row<Reg>(n, sorted + o, perm + o, inv_epsilon, start + o, stats + o, out + o, block_in + o,
+    if (!sorted_row_is_valid(n, sorted + o, epsilon[r])) continue;
+    project_sort_row<Reg>(n, sorted + o, perm + o, epsilon[r], start + o, stats + o, out + o, block_in + o,
                           block_out + o);
   }
 }
 
-// Rows with a NaN or an infinity have no projection: NaN, each element its own block (block_b may be null).
+// Rows with a NaN, an infinity or an invalid epsilon have no projection: NaN, each element its own block
+// (block_b may be null).
 template <class T>
-__global__ void invalid_rows_kernel(int64_t total, int32_t n, const T* sorted, T* out, int32_t* block_a,
-                                    int32_t* block_b) {
+__global__ void invalid_rows_kernel(int64_t total, int32_t n, const T* sorted, const T* epsilon, T* out,
+                                    int32_t* block_a, int32_t* block_b) {
   for (int64_t e = first_index(); e < total; e += grid_stride()) {
     const int64_t r = e / n;
-    if (sorted_row_is_finite(n, sorted + r * n)) continue;
+    if (sorted_row_is_valid(n, sorted + r * n, epsilon[r])) continue;
     const int32_t i = static_cast<int32_t>(e - r * n);
     out[e] = static_cast<T>(NAN);
     block_a[e] = i;
@@ -244,25 +247,25 @@ ffi::Error sort_with_stack(cudaStream_t stream, ffi::ScratchAllocator& scratch, 
 
 template <class T, class Reg>
 ffi::Error scores_rows(cudaStream_t stream, ffi::ScratchAllocator& scratch, int64_t rows, int32_t n, int32_t topk,
-                       const T* z, T* out, int32_t* block) {
+                       const T* x, const T* epsilon, T* out, int32_t* block) {
   const int64_t total = rows * n;
   SortedRows<T> sorted;
   int32_t* start = nullptr;
   typename Reg::Stats* stats = nullptr;
-  if (auto error = sort_with_stack<T, Reg>(stream, scratch, rows, n, z, out, block, &sorted, &start, &stats);
+  if (auto error = sort_with_stack<T, Reg>(stream, scratch, rows, n, x, out, block, &sorted, &start, &stats);
       error.failure()) {
     return error;
   }
   scores_kernel<T, Reg><<<blocks_for(rows, kRowThreads), kRowThreads, 0, stream>>>(
-      rows, n, topk, sorted.values, sorted.perm, start, stats, out, block);
+      rows, n, topk, sorted.values, sorted.perm, epsilon, start, stats, out, block);
   invalid_rows_kernel<T><<<blocks_for(total, kElementThreads), kElementThreads, 0, stream>>>(
-      total, n, sorted.values, out, block, nullptr);
+      total, n, sorted.values, epsilon, out, block, nullptr);
   return launch_status("the PAV scores kernel");
 }
 
 template <class T, class Reg>
 ffi::Error sort_rows_soft(cudaStream_t stream, ffi::ScratchAllocator& scratch, int64_t rows, int32_t n,
-                          double inv_epsilon, const T* x, T* out, int32_t* block_in, int32_t* block_out) {
+                          const T* x, const T* epsilon, T* out, int32_t* block_in, int32_t* block_out) {
   const int64_t total = rows * n;
   SortedRows<T> sorted;
   int32_t* start = nullptr;
@@ -272,51 +275,56 @@ ffi::Error sort_rows_soft(cudaStream_t stream, ffi::ScratchAllocator& scratch, i
     return error;
   }
   sort_kernel<T, Reg><<<blocks_for(rows, kRowThreads), kRowThreads, 0, stream>>>(
-      rows, n, inv_epsilon, sorted.values, sorted.perm, start, stats, out, block_in, block_out);
+      rows, n, sorted.values, sorted.perm, epsilon, start, stats, out, block_in, block_out);
   invalid_rows_kernel<T><<<blocks_for(total, kElementThreads), kElementThreads, 0, stream>>>(
-      total, n, sorted.values, out, block_in, block_out);
+      total, n, sorted.values, epsilon, out, block_in, block_out);
   return launch_status("the PAV sort kernel");
 }
 
-ffi::Error PavScoresCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer z, bool kl,
-                             int64_t topk, ffi::Result<ffi::AnyBuffer> out,
+ffi::Error PavScoresCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
+                             ffi::AnyBuffer epsilon, bool kl, int64_t topk, ffi::Result<ffi::AnyBuffer> out,
                              ffi::Result<ffi::Buffer<ffi::S32>> block) {
   int64_t rows = 0;
   int32_t n = 0;
-  if (auto error = row_shape(z, &rows, &n); error.failure()) return error;
+  if (auto error = row_shape(x, &rows, &n); error.failure()) return error;
   if (auto error = check_topk(topk, n); error.failure()) return error;
+  if (auto error = check_epsilon_operand(x, epsilon, rows); error.failure()) return error;
   if (rows == 0) return ffi::Error::Success();
   const int32_t k = static_cast<int32_t>(topk);
   int32_t* b = block->typed_data();
-  switch (z.element_type()) {
+  switch (x.element_type()) {
     case ffi::F32:
-      return (kl ? scores_rows<float, KL> : scores_rows<float, L2>)(stream, scratch, rows, n, k,
-                                                                    z.typed_data<float>(), out->typed_data<float>(), b);
+      return (kl ? scores_rows<float, KL> : scores_rows<float, L2>)(
+          stream, scratch, rows, n, k, x.typed_data<float>(), epsilon.typed_data<float>(), out->typed_data<float>(), b);
     case ffi::F64:
-      return (kl ? scores_rows<double, KL> : scores_rows<double, L2>)(
-          stream, scratch, rows, n, k, z.typed_data<double>(), out->typed_data<double>(), b);
+      return (kl ? scores_rows<double, KL> : scores_rows<double, L2>)(stream, scratch, rows, n, k,
+                                                                      x.typed_data<double>(),
+                                                                      epsilon.typed_data<double>(),
+                                                                      out->typed_data<double>(), b);
     default:
       return unsupported_dtype();
   }
 }
 
-ffi::Error PavSortCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x, bool kl,
-                           double epsilon, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::S32>> block_in,
-                           ffi::Result<ffi::Buffer<ffi::S32>> block_out) {
-  if (auto error = check_epsilon(epsilon); error.failure()) return error;
+ffi::Error PavSortCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
+                           ffi::AnyBuffer epsilon, bool kl, ffi::Result<ffi::AnyBuffer> out,
+                           ffi::Result<ffi::Buffer<ffi::S32>> block_in, ffi::Result<ffi::Buffer<ffi::S32>> block_out) {
   int64_t rows = 0;
   int32_t n = 0;
   if (auto error = row_shape(x, &rows, &n); error.failure()) return error;
+  if (auto error = check_epsilon_operand(x, epsilon, rows); error.failure()) return error;
   if (rows == 0) return ffi::Error::Success();
   int32_t* bi = block_in->typed_data();
   int32_t* bo = block_out->typed_data();
   switch (x.element_type()) {
     case ffi::F32:
       return (kl ? sort_rows_soft<float, KL> : sort_rows_soft<float, L2>)(
-          stream, scratch, rows, n, 1.0 / epsilon, x.typed_data<float>(), out->typed_data<float>(), bi, bo);
+          stream, scratch, rows, n, x.typed_data<float>(), epsilon.typed_data<float>(), out->typed_data<float>(), bi,
+          bo);
     case ffi::F64:
       return (kl ? sort_rows_soft<double, KL> : sort_rows_soft<double, L2>)(
-          stream, scratch, rows, n, 1.0 / epsilon, x.typed_data<double>(), out->typed_data<double>(), bi, bo);
+          stream, scratch, rows, n, x.typed_data<double>(), epsilon.typed_data<double>(), out->typed_data<double>(),
+          bi, bo);
     default:
       return unsupported_dtype();
   }
@@ -333,7 +341,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavScoresCuda, otsort::PavScoresCudaImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()  // XLA's stream: every launch goes here
                                   .Ctx<ffi::ScratchAllocator>()            // temporary device memory
-                                  .Arg<ffi::AnyBuffer>()          // scores z = x / epsilon (sign applied), [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // x (sign applied), [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // epsilon of each row, [..., 1], x's dtype
                                   .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
                                   .Attr<int64_t>("topk")          // target: 0 for rho = (n..1), k for k ones
                                   .Ret<ffi::AnyBuffer>()          // P(z, target), input order
@@ -344,8 +353,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavSortCuda, otsort::PavSortCudaImpl,
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()  // XLA's stream: every launch goes here
                                   .Ctx<ffi::ScratchAllocator>()            // temporary device memory
                                   .Arg<ffi::AnyBuffer>()          // x (sign applied), [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // epsilon of each row, [..., 1], x's dtype
                                   .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
-                                  .Attr<double>("epsilon")        // regularization strength, > 0
                                   .Ret<ffi::AnyBuffer>()          // soft sort, decreasing order
                                   .Ret<ffi::Buffer<ffi::S32>>()   // block id of each input element
                                   .Ret<ffi::Buffer<ffi::S32>>());  // block id of each sorted position
