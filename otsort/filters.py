@@ -1,9 +1,9 @@
 r"""Soft rank filters for images: a differentiable :func:`scipy.ndimage.median_filter`.
 
 Each output pixel is the soft quantile (:func:`otsort.quantile`) of the values in a ``size[0] x size[1]``
-window around it. Images are ``[H, W]`` or ``[H, W, C]``; channels are filtered independently. There are no
-leading batch dimensions (a 3-D array would be ambiguous between ``[B, H, W]`` and ``[H, W, C]``): map over a
-batch with :func:`jax.vmap`.
+window around it (a window no larger than the image). Images are ``[H, W]`` or ``[H, W, C]``; channels are
+filtered independently. There are no leading batch dimensions (a 3-D array would be ambiguous between
+``[B, H, W]`` and ``[H, W, C]``): map over a batch with :func:`jax.vmap`.
 
 Windows and borders follow :mod:`scipy.ndimage` (with ``origin=0``): the window of pixel :math:`(i, j)` covers
 rows :math:`i - \lfloor h/2 \rfloor, \dots, i + \lceil h/2 \rceil - 1` and the same for columns, so an even
@@ -20,8 +20,8 @@ by ``mode``:
 ``"wrap"``      ``a b c d | a b c d | a b c d``   ``"wrap"``
 ==============  ================================  ==========================================
 
-The windows are gathered without a loop over pixels: the image is padded once and the ``h * w`` shifted views
-of it are stacked along a new last axis (``[H, W, (C,) h * w]``, so memory grows with the window area), then
+The windows are gathered without a loop over pixels: the image is padded once and one indexing operation gathers
+every pixel's window along a new last axis (``[H, W, (C,) h * w]``, so memory grows with the window area), then
 every window is a row of :func:`otsort.quantile`.
 """
 
@@ -72,6 +72,14 @@ def _check_size(size: Any) -> tuple[int, int]:
   return int(size[0]), int(size[1])
 
 
+def _check_fits(size: Any, window: tuple[int, int], shape: tuple[int, ...]) -> None:
+  # Past the image, a larger window only repeats the extended borders while the work (h * w values per pixel)
+  # keeps growing; an absurd size would take forever to gather before failing for lack of memory.
+  if window[0] > shape[0] or window[1] > shape[1]:
+    raise ValueError(f"size must fit in the image, h <= H and w <= W with (H, W) = {tuple(shape[:2])} "
+                     f"(image.shape = {tuple(shape)}); got size = {size!r}")
+
+
 def _check_level(q: Any) -> float:
   if isinstance(q, jax.core.Tracer):
     raise ValueError("q must be a static Python number in [0, 1], not a traced value: it selects which "
@@ -92,8 +100,12 @@ def _windows(image: jax.Array, size: tuple[int, int], mode: str, cval: ArrayLike
     padded = jnp.pad(image, widths, mode="constant", constant_values=jnp.asarray(cval, image.dtype))
   else:
     padded = jnp.pad(image, widths, mode=_PAD_MODES[mode])
-  views = [padded[a:a + rows, b:b + cols] for a in range(h) for b in range(w)]  # h * w slices, not pixels
-  return jnp.stack(views, axis=-1)
+  # One gather, [H, W, h, w, ...]: stacking h * w shifted slices instead compiles for minutes once h * w is large.
+  row_index = np.arange(rows)[:, None] + np.arange(h)[None, :]
+  col_index = np.arange(cols)[:, None] + np.arange(w)[None, :]
+  windows = padded[row_index[:, None, :, None], col_index[None, :, None, :]]
+  windows = jnp.moveaxis(windows, (2, 3), (-2, -1))  # [H, W, ..., h, w]
+  return windows.reshape(*windows.shape[:-2], h * w)
 
 
 def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] = 3, mode: str = "reflect",
@@ -125,8 +137,9 @@ def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] =
     image: ``[H, W]`` or ``[H, W, C]`` (channels filtered independently). Integer images are promoted to JAX's
       default float dtype.
     q: the level, a static number in [0, 1] (0: soft minimum filter, 0.5: soft median, 1: soft maximum).
-    size: the window, an int for a square one or a pair ``(h, w)``, every entry >= 1. Even sizes are allowed
-      and placed like scipy's (one more pixel above / left of the centre).
+    size: the window, an int for a square one or a pair ``(h, w)``, with ``1 <= h <= H`` and ``1 <= w <= W``
+      (it must fit in the image). Even sizes are allowed and placed like scipy's (one more pixel above / left of
+      the centre).
     mode: how the image is extended past its borders, as in :mod:`scipy.ndimage`: ``"reflect"`` (default),
       ``"mirror"``, ``"nearest"``, ``"constant"`` or ``"wrap"`` (see the module docstring).
     cval: the fill value for ``mode="constant"``; ignored otherwise.
@@ -136,12 +149,13 @@ def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] =
     **options: backend options, passed to :func:`otsort.quantile` (``pav``: ``regularization``, ``impl``).
 
   Returns:
-    An array of ``image``'s shape and float dtype. Differentiable with respect to ``image`` (and ``cval``);
-    ``jit`` with ``q``, ``size``, ``mode``, ``epsilon`` and ``backend`` static.
+    An array of ``image``'s shape and float dtype (an empty image is returned as it is). Differentiable with
+    respect to ``image`` (and ``cval``); ``jit`` with ``q``, ``size``, ``mode``, ``epsilon`` and ``backend``
+    static.
 
   Raises:
-    ValueError: for an image that is not 2-D or 3-D, q outside [0, 1], a size that is not positive, an
-      unknown mode, or a bad epsilon, backend or option.
+    ValueError: for an image that is not 2-D or 3-D, q outside [0, 1], a size that is not positive or larger than
+      the image, an unknown mode, or a bad epsilon, backend or option. These checks come before any work.
 
   Example:
     >>> import jax.numpy as jnp
@@ -151,14 +165,15 @@ def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] =
     Array(9., dtype=float32)
   """
   level = _check_level(q)
-  size = _check_size(size)
+  window = _check_size(size)
   _checks.check_choice("mode", mode, MODES)
   if np.ndim(cval) != 0:
     raise ValueError(f"cval must be a scalar; got cval with shape {np.shape(cval)}")
   image = _check_image(image)
   if image.size == 0:
     return image
-  windows = _windows(image, size, mode, cval)
+  _check_fits(size, window, image.shape)
+  windows = _windows(image, window, mode, cval)
   return otsort.quantile(windows, level, axis=-1, epsilon=epsilon, backend=backend, **options)
 
 
@@ -173,7 +188,7 @@ def median_filter(image: ArrayLike, *, size: int | tuple[int, int] = 3, mode: st
 
   Args:
     image: ``[H, W]`` or ``[H, W, C]`` (channels filtered independently).
-    size: the window, an int or a pair ``(h, w)``, every entry >= 1.
+    size: the window, an int or a pair ``(h, w)``, with ``1 <= h <= H`` and ``1 <= w <= W``.
     mode: ``"reflect"`` (default), ``"mirror"``, ``"nearest"``, ``"constant"`` or ``"wrap"``, as in
       :mod:`scipy.ndimage`.
     cval: the fill value for ``mode="constant"``.

@@ -10,6 +10,7 @@ window gathering it relies on is the same code the ``pav`` sweeps check.
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +27,11 @@ BACKENDS = ("pav", "sinkhorn")
 SMALL_EPSILON = {"pav": 1e-2, "sinkhorn": 1e-3}
 TOLERANCE = {"pav": 1e-6, "sinkhorn": 3e-3}
 
-# (image shape, window) pairs: 2-D and [H, W, C]; square and rectangular, odd and even windows; images smaller
-# than the window (borders extended more than once). Eager calls compile their small ops once per pair, so the
-# sweeps below go over these pairs only.
+# (image shape, window) pairs: 2-D and [H, W, C]; square and rectangular, odd and even windows; windows as large
+# as the image (the borders extended by up to half the image). Eager calls compile their small ops once per pair,
+# so the sweeps below go over these pairs only.
 CASES = (((7, 9), 3), ((7, 9), (3, 5)), ((7, 9), 4), ((7, 9), (2, 3)), ((6, 5, 3), 3), ((6, 5, 3), (1, 4)),
-         ((2, 3), 5), ((2, 3), 6))
+         ((5, 6), 5), ((5, 6), (5, 6)), ((2, 3), (2, 3)))
 
 
 def image(shape, seed=0, dtype=np.float32) -> np.ndarray:
@@ -220,6 +221,25 @@ def test_bad_arguments_raise_value_errors_naming_them(kwargs, match):
   kwargs = {"q": 0.5, **kwargs}
   with pytest.raises(ValueError, match=match):
     filters.quantile_filter(image((4, 4)), **kwargs)
+
+
+@pytest.mark.parametrize("size", (5, (4, 7), (2, 7), 10**12))
+def test_a_window_larger_than_the_image_is_refused_before_any_work(size, monkeypatch):
+  def gather(*args):
+    raise AssertionError("the windows were gathered before the size was checked")
+
+  monkeypatch.setattr(filters, "_windows", gather)
+  with pytest.raises(ValueError, match=r"size must fit in the image, h <= H and w <= W with \(H, W\) = \(4, 6\) "
+                                       rf"\(image.shape = \(4, 6, 3\)\); got size = {re.escape(repr(size))}$"):
+    filters.median_filter(image((4, 6, 3)), size=size)
+
+
+def test_windows_are_gathered_in_as_many_operations_whatever_their_size():
+  # One slice per window offset compiled for minutes once h * w reached the thousands.
+  def count(size):
+    return len(jax.make_jaxpr(lambda x: filters._windows(x, size, "mirror", 0.0))(image((8, 9))).jaxpr.eqns)
+
+  assert count((2, 2)) == count((8, 9))
 
 
 @pytest.mark.parametrize("shape", ((5,), (2, 4, 4, 3), ()))
