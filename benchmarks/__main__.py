@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: times otsort against the hard floor and the anchors, writes a markdown table and JSON.
+"""``python -m benchmarks``: times otsort against the hard floors and the anchors, writes a markdown table and JSON.
 
 See ``benchmarks/README.md``.
 """
@@ -9,10 +9,12 @@ import argparse
 import json
 import pathlib
 import sys
+import os
 import time
 
 from benchmarks import _memory
 from benchmarks import _methods
+from benchmarks import _provenance
 from benchmarks import _report
 from benchmarks import _runner
 
@@ -20,7 +22,8 @@ SIZES = "1x100,1x1000,64x100,64x1000,256x1000,8x100000,1x1000000"
 QUICK_SIZES = "1x1000"
 SCALING_NS = (1_000, 10_000, 100_000, 1_000_000)
 MEMORY_NS = (1_000_000, 10_000_000)
-MEMORY_CASES = (("pav-native-l2", "ranks"), ("pav-native-kl", "ranks"), ("jnp", "sort"), ("torchsort", "ranks"))
+MEMORY_CASES = (("pav-native-l2", "ranks"), ("pav-native-kl", "ranks"), ("jnp", "sort"), ("torch", "sort"),
+                ("torchsort", "ranks"))
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -47,7 +50,13 @@ def parse_args(argv) -> argparse.Namespace:
   parser.add_argument("--cell-time", type=float, help="seconds of repeats per cell (default 0.5; quick 0.05)")
   parser.add_argument("--max-call-s", type=float, default=10.0,
                       help="skip cells whose one call is predicted slower than this (default 10)")
-  parser.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads for torchsort (2)")
+  parser.add_argument("--torch-threads", type=int,
+                      help="torch.set_num_threads for torchsort and torch.sort (default: as many threads as XLA's "
+                      "CPU client uses, so both sides run on the same threads; another value is reported, and "
+                      "the targets against torch are then not judged)")
+  parser.add_argument("--otsort", metavar="DIR", help="time the otsort package in DIR (e.g. an earlier commit "
+                      "installed with pip install --no-deps --target DIR) instead of the installed one")
+  parser.add_argument("--otsort-label", help="free text saying what --otsort DIR is (shown in the report)")
   parser.add_argument("--no-scaling", action="store_true", help="skip the exponent fit")
   parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
   args = parser.parse_args(argv)
@@ -60,17 +69,23 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.otsort:
+    _provenance.use(args.otsort)
   sizes = _sizes(args.sizes or (QUICK_SIZES if args.quick else SIZES))
   cell_time = args.cell_time if args.cell_time is not None else (0.02 if args.quick else 0.5)
   chosen = set(args.methods.split(",")) | {"jnp"} if args.methods else None
   started = time.perf_counter()
+  load_start = [round(value, 2) for value in os.getloadavg()]
+  xla_threads, xla_how = _methods.xla_cpu_threads()
+  torch_threads = args.torch_threads if args.torch_threads is not None else xla_threads
+  print(f"threads: XLA {xla_threads} ({xla_how}); torch {torch_threads}")
 
   methods, unavailable = [], {}
   for method in _methods.all_methods():
     if chosen is not None and method.key not in chosen:
       continue
-    if isinstance(method, _methods.Torchsort):
-      method.threads = args.torch_threads
+    if isinstance(method, _methods._TorchMethod):
+      method.threads = torch_threads
     reason = method.unavailable()
     if reason is None:
       methods.append(method)
@@ -93,14 +108,17 @@ def main(argv=None) -> dict:
       for key, op in cases:
         if key in unavailable or (chosen is not None and key not in chosen):
           continue
-        memory.append(_memory.measure(key, op, n))
+        memory.append(_memory.measure(key, op, n, torch_threads=torch_threads))
         print(f"memory {key} {op} n={n:.0e}: {memory[-1]}")
 
   env = _report.environment()
-  target_rows = _report.targets(cells, scaling, memory)
+  env["load_average_end"], env["load_average"] = env["load_average"], load_start
+  env["threads"] = {"xla": xla_threads, "xla_how": xla_how, "torch": torch_threads}
+  env["otsort"] = _provenance.summary(_provenance.describe(args.otsort_label))
+  target_rows = _report.targets(cells, scaling, memory, env["threads"])
   options = {"sizes": [f"{b}x{n}" for b, n in sizes], "cell_time": cell_time, "max_call_s": args.max_call_s,
-             "quick": args.quick, "torch_threads": args.torch_threads, "methods": [m.key for m in methods],
-             "wall_s": round(time.perf_counter() - started, 1)}
+             "quick": args.quick, "torch_threads": torch_threads, "otsort": args.otsort,
+             "methods": [m.key for m in methods], "wall_s": round(time.perf_counter() - started, 1)}
   notes = {m.key: m.note for m in methods if m.note}
   text = _report.markdown(env, cells, scaling, memory, target_rows, unavailable, notes)
   report = _report.json_report(env, cells, scaling, memory, target_rows, unavailable, notes, options)

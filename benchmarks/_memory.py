@@ -50,11 +50,15 @@ def _reset_peak() -> bool:
     return False
 
 
-def _child(key: str, op: str, n: int) -> dict:
+def _child(key: str, op: str, n: int, torch_threads: int) -> dict:
   from benchmarks import _methods
+  from benchmarks import _provenance
   from benchmarks import _runner
 
+  _provenance.use_from_environment()
   method = {m.key: m for m in _methods.all_methods()}[key]
+  if isinstance(method, _methods._TorchMethod):
+    method.threads = torch_threads
   reason = method.unavailable()
   if reason is not None:
     return {"status": f"skipped: {reason}"}
@@ -71,7 +75,7 @@ def _child(key: str, op: str, n: int) -> dict:
   peak = _status_kib("VmHWM")
   del out
   result = {"status": "ok", "extra_bytes": (peak - before) * 1024, "bytes_per_element": (peak - before) * 1024 / n}
-  if key != "torchsort":
+  if not isinstance(method, _methods._TorchMethod):
     import jax
     import jax.numpy as jnp
 
@@ -83,13 +87,14 @@ def _child(key: str, op: str, n: int) -> dict:
   return result
 
 
-def measure(key: str, op: str, n: int, *, timeout: float = 600.0) -> dict:
+def measure(key: str, op: str, n: int, *, torch_threads: int = 1, timeout: float = 600.0) -> dict:
   """Runs one case in a fresh interpreter; returns its JSON answer with the case added."""
   env = dict(os.environ, **_MALLOC_ENV)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
   case = {"method": key, "op": op, "n": n}
   try:
-    done = subprocess.run([sys.executable, "-m", "benchmarks._memory", "--method", key, "--op", op, "--n", str(n)],
+    done = subprocess.run([sys.executable, "-m", "benchmarks._memory", "--method", key, "--op", op, "--n", str(n),
+                           "--torch-threads", str(torch_threads)],
                           cwd=_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired:
     return {**case, "status": f"fails: timed out after {timeout:g} s"}
@@ -105,8 +110,9 @@ def main() -> None:
   parser.add_argument("--method", required=True)
   parser.add_argument("--op", default="ranks")
   parser.add_argument("--n", type=int, required=True)
+  parser.add_argument("--torch-threads", type=int, default=1)
   args = parser.parse_args()
-  print(json.dumps(_child(args.method, args.op, args.n)))
+  print(json.dumps(_child(args.method, args.op, args.n, args.torch_threads)))
 
 
 if __name__ == "__main__":

@@ -7,12 +7,17 @@ until its result is ready:
 - mode ``"fwd"``: the call returns the output ``[batch, n]``;
 - mode ``"fwd+bwd"``: the call returns ``d/dx sum(w * op(x))`` for a fixed random ``w`` (one VJP).
 
-JAX methods run under ``jax.jit``; torchsort runs eagerly with ``torch.set_num_threads(2)``.
+JAX methods run under ``jax.jit``; the torch methods (torchsort, ``torch.sort``) run eagerly on as many
+threads as XLA's CPU client uses (:func:`xla_cpu_threads`), set with ``torch.set_num_threads``.
+
+otsort is called only through its public API, with a Python float epsilon: ``otsort.ranks(x, epsilon=1.0,
+regularization=..., impl=...)`` (pav) and ``otsort.ranks(x, epsilon=1e-2, backend="sinkhorn")``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 from typing import Callable
 
@@ -22,6 +27,34 @@ OPS = ("ranks", "sort")
 MODES = ("fwd", "fwd+bwd")
 
 Call = Callable[[], object]
+
+PAV_EPSILON = 1.0  # otsort pav's default, torchsort's and jaxopt's regularization_strength 1.0
+SINKHORN_EPSILON = 1e-2  # otsort sinkhorn's default, and ott-jax's
+
+
+def xla_cpu_threads() -> tuple[int, str]:
+  """How many threads XLA's CPU client runs a computation on, and how that was found.
+
+  XLA's CPU client runs its intra-op work (Eigen) on a pool of one thread per core it may use
+  (``os.sched_getaffinity``); on Linux the pool's threads are named ``tf_XLAEigen`` and are counted after one
+  jitted call. Elsewhere, or if none is found, the number of usable cores.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  jax.jit(lambda x: jnp.sort(x) @ x.T)(jnp.ones((64, 64), jnp.float32)).block_until_ready()
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  try:
+    names = []
+    for task in os.listdir("/proc/self/task"):
+      with open(f"/proc/self/task/{task}/comm") as comm:
+        names.append(comm.read().strip())
+  except OSError:
+    return cores, f"{cores} usable cores (no /proc/self/task to count XLA's threads)"
+  pool = sum(name == "tf_XLAEigen" for name in names)
+  if pool == 0:
+    return cores, f"{cores} usable cores (no tf_XLAEigen thread found)"
+  return pool, f"{pool} tf_XLAEigen threads counted after a jitted call ({cores} usable cores)"
 
 
 def summarize(error: BaseException) -> str:
@@ -41,6 +74,8 @@ class Method:
   ops: tuple[str, ...] = OPS
   epsilon: str = "-"
   complexity: str = "nlogn"  # "nlogn" or "n2": how the cost of a row grows, to predict slow cells
+  regularization: str = "l2"  # which torchsort row its ratio column is to ("l2" or "kl")
+  hard: bool = False  # a hard floor (no MAE: its ranks op is argsort, not ranks)
   note: str = ""  # what the report should say about how this method was run
 
   def label(self, op: str) -> str:
@@ -76,10 +111,8 @@ class Method:
 
 class OtsortPav(Method):
   def __init__(self, key: str, impl: str, regularization: str):
-    from otsort.pav import _backend
-
     self.key, self.impl, self.regularization = key, impl, regularization
-    self.epsilon = f"{_backend.DEFAULT_EPSILON:g}"
+    self.epsilon = f"{PAV_EPSILON:g}"
 
   def label(self, op):
     return f"otsort pav {self.impl} {self.regularization}"
@@ -89,7 +122,7 @@ class OtsortPav(Method):
     import otsort
 
     try:
-      otsort.ranks(jnp.ones((1, 3)), impl=self.impl, regularization=self.regularization)
+      otsort.ranks(jnp.ones((1, 3)), epsilon=PAV_EPSILON, impl=self.impl, regularization=self.regularization)
     except Exception as error:  # noqa: BLE001 - any failure means the row cannot run
       return summarize(error)
     return None
@@ -97,12 +130,14 @@ class OtsortPav(Method):
   def _row_fn(self, op):
     import otsort
 
-    return functools.partial(getattr(otsort, op), impl=self.impl, regularization=self.regularization)
+    return functools.partial(getattr(otsort, op), epsilon=PAV_EPSILON, impl=self.impl,
+                             regularization=self.regularization)
 
 
 class OtsortSinkhorn(Method):
   key = "sinkhorn"
   complexity = "n2"
+  epsilon = f"{SINKHORN_EPSILON:g}"
 
   def label(self, op):
     return "otsort sinkhorn"
@@ -112,11 +147,9 @@ class OtsortSinkhorn(Method):
     import otsort
 
     try:
-      otsort.ranks(jnp.ones((1, 3)), backend="sinkhorn")
-      from otsort.sinkhorn import DEFAULT_EPSILON
+      otsort.ranks(jnp.ones((1, 3)), epsilon=SINKHORN_EPSILON, backend="sinkhorn")
     except Exception as error:  # noqa: BLE001
-      return f"otsort.ranks(x, backend='sinkhorn') does not work yet ({summarize(error)})"
-    self.epsilon = f"{DEFAULT_EPSILON:g}"
+      return f"otsort.ranks(x, backend='sinkhorn') does not work ({summarize(error)})"
     return None
 
   def skip(self, op, mode, batch, n):
@@ -125,13 +158,14 @@ class OtsortSinkhorn(Method):
   def _row_fn(self, op):
     import otsort
 
-    return functools.partial(getattr(otsort, op), backend="sinkhorn")
+    return functools.partial(getattr(otsort, op), epsilon=SINKHORN_EPSILON, backend="sinkhorn")
 
 
 class Jnp(Method):
   """The hard floor: ``jnp.argsort`` for ranks (integer output, no gradient), ``jnp.sort`` for sort."""
 
   key = "jnp"
+  hard = True
 
   def label(self, op):
     return "jnp.argsort" if op == "ranks" else "jnp.sort"
@@ -147,11 +181,18 @@ class Jnp(Method):
 
 class Ott(Method):
   """``ott.tools.soft_sort.ranks`` / ``sort`` with its defaults: epsilon 1e-2 on sigmoid-squashed inputs,
-  n equispaced targets on [0, 1] (the same as otsort's sinkhorn defaults)."""
+  n equispaced targets on [0, 1] (the same as otsort's sinkhorn defaults).
+
+  Its gradient is first tried on one row of 100 (once per op): where that fails (ott-jax 0.6.0 in float32), the
+  fwd+bwd cells are skipped with that failure, rather than each taking minutes to fail at larger n."""
 
   key = "ott"
   complexity = "n2"
-  epsilon = "0.01"
+  epsilon = f"{SINKHORN_EPSILON:g}"
+  probe_n = 100
+
+  def __init__(self):
+    self._gradient_failure: dict[str, str | None] = {}
 
   def label(self, op):
     import ott
@@ -166,12 +207,27 @@ class Ott(Method):
     return None
 
   def skip(self, op, mode, batch, n):
-    return "n > 1000 (O(n^2) transport)" if n > 1000 else None
+    if n > 1000:
+      return "n > 1000 (O(n^2) transport)"
+    if mode == "fwd+bwd" and (batch, n) != (1, self.probe_n):
+      if op not in self._gradient_failure:
+        self._gradient_failure[op] = self._probe_gradient(op)
+      if self._gradient_failure[op] is not None:
+        return f"fails at 1x{self.probe_n}: {self._gradient_failure[op]}"
+    return None
+
+  def _probe_gradient(self, op: str) -> str | None:
+    x = np.random.default_rng(0).standard_normal((1, self.probe_n), dtype=np.float32)
+    try:
+      out = to_numpy(self.prepare(op, "fwd+bwd", x, x)())
+    except Exception as error:  # noqa: BLE001
+      return summarize(error)
+    return None if np.all(np.isfinite(out)) else "gradient is not finite"
 
   def _row_fn(self, op):
     from ott.tools import soft_sort
 
-    return functools.partial(getattr(soft_sort, op), axis=-1, epsilon=1e-2)
+    return functools.partial(getattr(soft_sort, op), axis=-1, epsilon=SINKHORN_EPSILON)
 
 
 def _jaxopt_ranks_row(x, epsilon):
@@ -253,42 +309,32 @@ class Jaxopt(Method):
     import jax
 
     row = _jaxopt_ranks_row if op == "ranks" else _jaxopt_sort_row
-    return jax.vmap(functools.partial(row, epsilon=1.0))
+    return jax.vmap(functools.partial(row, epsilon=PAV_EPSILON))
 
 
-class Torchsort(Method):
-  """torchsort's CPU ``soft_rank`` / ``soft_sort`` (L2, regularization_strength 1.0 = otsort pav's default
-  epsilon), eager, ``threads`` threads (2 by default); ranks shifted to 0-based."""
+def _torch_threads(threads: int) -> str | None:
+  """Imports torch and sets its intra-op threads; None, or why torch cannot run here."""
+  try:
+    import torch
+  except Exception as error:  # noqa: BLE001
+    return summarize(error)
+  torch.set_num_threads(threads)
+  return None
 
-  key = "torchsort"
-  epsilon = "1"
-  threads = 2  # torch.set_num_threads; --torch-threads
 
-  def label(self, op):
-    from importlib import metadata
+class _TorchMethod(Method):
+  """Eager torch on CPU, ``threads`` intra-op threads (the harness sets it to XLA's thread count)."""
 
-    return f"torchsort {metadata.version('torchsort')} {'soft_rank' if op == 'ranks' else 'soft_sort'} l2"
+  threads = 1
 
-  def unavailable(self):
-    try:
-      import torch
-      import torchsort
-
-      torch.set_num_threads(self.threads)
-      torchsort.soft_rank(torch.ones((1, 3)))
-    except Exception as error:  # noqa: BLE001
-      return summarize(error)
-    return None
+  def _fn(self, op: str) -> Callable:
+    raise NotImplementedError
 
   def prepare(self, op, mode, x, w):
     import torch
-    import torchsort
 
     torch.set_num_threads(self.threads)
-    if op == "ranks":
-      fn = lambda t: torchsort.soft_rank(t, regularization="l2", regularization_strength=1.0) - 1
-    else:
-      fn = lambda t: torchsort.soft_sort(t, regularization="l2", regularization_strength=1.0)
+    fn = self._fn(op)
     xt, wt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(w))
     if mode == "fwd":
 
@@ -307,6 +353,70 @@ class Torchsort(Method):
     return forward_backward
 
 
+class Torchsort(_TorchMethod):
+  """torchsort's CPU ``soft_rank`` / ``soft_sort`` (``regularization`` "l2" or "kl", regularization_strength
+  1.0 = otsort pav's default epsilon), eager; ranks shifted to 0-based."""
+
+  epsilon = f"{PAV_EPSILON:g}"
+
+  def __init__(self, regularization: str = "l2"):
+    self.regularization = regularization
+    self.key = "torchsort" if regularization == "l2" else f"torchsort-{regularization}"
+
+  def label(self, op):
+    from importlib import metadata
+
+    name = "soft_rank" if op == "ranks" else "soft_sort"
+    return f"torchsort {metadata.version('torchsort')} {name} {self.regularization}"
+
+  def unavailable(self):
+    reason = _torch_threads(self.threads)
+    if reason is not None:
+      return reason
+    try:
+      import torch
+      import torchsort
+
+      torchsort.soft_rank(torch.ones((1, 3)))
+    except Exception as error:  # noqa: BLE001
+      return summarize(error)
+    return None
+
+  def _fn(self, op):
+    import torchsort
+
+    options = {"regularization": self.regularization, "regularization_strength": PAV_EPSILON}
+    if op == "ranks":
+      return lambda t: torchsort.soft_rank(t, **options) - 1
+    return lambda t: torchsort.soft_sort(t, **options)
+
+
+class Torch(_TorchMethod):
+  """PyTorch's hard floor, eager on CPU: ``torch.argsort`` for ranks (integer output, no gradient) and
+  ``torch.sort`` (values and indices; the gradient of the values) for sort."""
+
+  key = "torch"
+  hard = True
+
+  def label(self, op):
+    import torch
+
+    return f"torch {torch.__version__.split('+')[0]} {'argsort' if op == 'ranks' else 'sort'}"
+
+  def unavailable(self):
+    return _torch_threads(self.threads)
+
+  def skip(self, op, mode, batch, n):
+    return "integer output, no gradient" if op == "ranks" and mode == "fwd+bwd" else None
+
+  def _fn(self, op):
+    import torch
+
+    if op == "ranks":
+      return lambda t: torch.argsort(t, dim=-1)
+    return lambda t: torch.sort(t, dim=-1).values
+
+
 def all_methods() -> list[Method]:
   return [
       OtsortPav("pav-native-l2", "native", "l2"),
@@ -316,7 +426,9 @@ def all_methods() -> list[Method]:
       Jnp(),
       Ott(),
       Jaxopt(),
-      Torchsort(),
+      Torchsort("l2"),
+      Torchsort("kl"),
+      Torch(),
   ]
 
 
