@@ -17,6 +17,7 @@ from benchmarks._runner import paired_ratio
 
 PACKAGES = ("jax", "jaxlib", "ott-jax", "jaxopt", "numba", "torch", "torchsort", "numpy")
 TARGET_METHOD = "pav-native-l2"  # what otsort.ranks runs by default on CPU (impl="auto")
+BUSY_LOAD = 1.0  # 1-min load average before the run from which the report warns that other work was running
 
 
 def environment() -> dict:
@@ -235,7 +236,11 @@ def markdown(env: dict, cells: list[Cell], scaling: dict | None, memory: list[di
               + ("" if threads.get("torch") == threads.get("xla") else " **differs from XLA's: ratios to the "
                  "torch anchors are not same-threads and their targets are not judged**") + ".", ""]
   if load:
-    lines += [f"Load average (1, 5, 15 min) at the start {load}, at the end {env.get('load_average_end')}.", ""]
+    lines += [f"Load average (1, 5, 15 min) at the start {load}, at the end {env.get('load_average_end')}."
+              + (f" **Other work was running** (1-min load {load[0]} on {env['cores']} cores before the run): "
+                 "torch's OpenMP threads stall when the cores are oversubscribed, far more than XLA's pool "
+                 "(see README), so the ratios to the torch rows of this run are not reliable." if load[0] >= BUSY_LOAD
+                 else ""), ""]
   lines += ["float32, inputs standard normal, `jit`; times are medians, ms per call; the cells of one batch x n are "
             "timed together, their samples interleaved. Ratios, all from this run: to `jnp.argsort` forward and "
             "to `torch.sort` forward (values and indices) at the same batch x n, and to torchsort's same op and "
