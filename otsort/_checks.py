@@ -71,10 +71,7 @@ def epsilon_array(epsilon: Any, batch_shape: tuple[int, ...], axis: int, dtype: 
       np.issubdtype(value.dtype, np.bool_):
     raise ValueError(f"epsilon must be a real scalar or an array of them; got epsilon with dtype {value.dtype}")
   shape = tuple(value.shape)
-  if len(shape) == len(batch_shape) + 1:
-    if shape[axis] != 1:
-      raise ValueError(f"epsilon with one dimension per dimension of x must have size 1 along axis = {axis}; got "
-                       f"epsilon.shape = {shape} for x.shape without axis = {batch_shape}")
+  if len(shape) == len(batch_shape) + 1 and shape[axis] == 1:  # x's layout, size 1 along axis
     shape = shape[:axis] + shape[axis + 1:]
     value = value.reshape(shape)
   try:
@@ -84,7 +81,8 @@ def epsilon_array(epsilon: Any, batch_shape: tuple[int, ...], axis: int, dtype: 
     fits = False
   if not fits:
     raise ValueError(f"epsilon must be a number or an array broadcastable to x.shape without axis, "
-                     f"{tuple(batch_shape)} (one epsilon per row); got epsilon.shape = {tuple(value.shape)}")
+                     f"{tuple(batch_shape)} (one epsilon per row; or x's shape with size 1 along axis); got "
+                     f"epsilon.shape = {tuple(value.shape)}")
   if not traced:
     cast = np.asarray(value, dtype=np.dtype(dtype))
     tiny = np.finfo(np.dtype(dtype)).tiny

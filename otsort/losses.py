@@ -42,9 +42,11 @@ def _is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def _default_epsilon(backend: Any, epsilon: Any) -> float:
+def _default_epsilon(backend: Any, epsilon: Any) -> Any:
+  """The backend's default for None; otherwise epsilon as given (a number, or an array, possibly traced), which
+  :func:`otsort.ranks` checks against the rows it ranks."""
   module = _api._backend_module(backend)  # pylint: disable=protected-access
-  return module.DEFAULT_EPSILON if epsilon is None else _checks.positive_finite("epsilon", epsilon)
+  return module.DEFAULT_EPSILON if epsilon is None else epsilon
 
 
 def _hard_ranks(x: jax.Array) -> jax.Array:
@@ -195,6 +197,8 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
                        f"{pred.shape}")
     layout = _Groups(groups, num_groups, pred.shape[0])
     valid = layout.valid
+    # One epsilon for all groups (it sets the padding of every group), a number or a 0-d array, possibly traced.
+    epsilon = _checks.epsilon_array(epsilon, (), 0, dtype)
     pred = jnp.where(valid, pred[layout.index], 0)
     target = jnp.where(valid, target[layout.index], 0)
     pred_ranks = _soft_ranks_padded(pred, valid, layout.sizes, epsilon, backend, options)
@@ -214,7 +218,7 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
 
 def spearman_correlation(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_soft: bool = False,
                          groups: ArrayLike | None = None, num_groups: int | None = None,
-                         epsilon: float | None = None, backend: str = "pav", **options: Any) -> jax.Array:
+                         epsilon: ArrayLike | None = None, backend: str = "pav", **options: Any) -> jax.Array:
   r"""Soft Spearman rank correlation between ``pred`` and ``target``, differentiable in ``pred``.
 
   The Pearson correlation of the soft ranks of ``pred`` (:func:`otsort.ranks`) with the ranks of ``target``:
@@ -244,7 +248,9 @@ def spearman_correlation(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, 
       as ``max(groups) + 1``). Under ``jit`` with ``groups``, only ``backend="pav"`` works (see
       :func:`spearman_loss`).
     epsilon: regularization strength of the soft ranks, > 0; ``None`` picks the backend's default (``pav``:
-      1.0, ``sinkhorn``: 1e-2).
+      1.0, ``sinkhorn``: 1e-2). A number or an array, also traced (under ``jit`` changing it does not recompile;
+      ``grad`` with respect to it works): without ``groups``, one value per row is allowed (broadcastable to
+      ``pred``'s shape without ``axis``); with ``groups``, one value for all groups.
     backend: ``"pav"`` or ``"sinkhorn"``.
     **options: backend options, as for :func:`otsort.ranks`.
 
@@ -268,7 +274,7 @@ def spearman_correlation(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, 
 
 
 def spearman_loss(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_soft: bool = False,
-                  groups: ArrayLike | None = None, num_groups: int | None = None, epsilon: float | None = None,
+                  groups: ArrayLike | None = None, num_groups: int | None = None, epsilon: ArrayLike | None = None,
                   backend: str = "pav", **options: Any) -> jax.Array:
   r"""``1 - spearman_correlation(...)``: a loss in ``[0, 2]``, 0 when the ranks of ``pred`` match ``target``'s.
 
@@ -294,7 +300,7 @@ def spearman_loss(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_
 
 def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike | None = None,
                        num_groups: int | None = None, target_soft: bool = False, hessian: str = "diagonal",
-                       num_probes: int = 16, seed: int = 0, normalize: bool = True, epsilon: float | None = None,
+                       num_probes: int = 16, seed: int = 0, normalize: bool = True, epsilon: ArrayLike | None = None,
                        backend: str = "pav", **options: Any) -> tuple[np.ndarray, np.ndarray]:
   r"""Per-example gradient and a positive diagonal Hessian of :func:`spearman_loss`, for gradient boosting.
 
@@ -331,7 +337,8 @@ def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike 
     num_probes: number of random probes of the Gauss-Newton diagonal, >= 1.
     seed: seed of the probes (the result is deterministic for a given seed).
     normalize: scale gradient and Hessian so that the Hessian's mean is 1.
-    epsilon: regularization strength of the soft ranks; ``None``: the backend's default.
+    epsilon: regularization strength of the soft ranks, one number; ``None``: the backend's default. Changing it
+      between calls does not recompile.
     backend: ``"pav"`` or ``"sinkhorn"``.
     **options: backend options.
 
@@ -357,9 +364,14 @@ def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike 
   target = np.asarray(target)
   _check_same_shape(pred, target)
   groups = None if groups is None else np.asarray(groups)  # concrete: group sizes are known, any backend works
-  fn = _grad_and_probes(pred.shape[0], pred.dtype, groups, num_groups, bool(target_soft), int(num_probes),
-                        epsilon, backend, options)
-  grad, probes = fn(pred, target, jax.random.key(seed))
+  epsilon = _default_epsilon(backend, epsilon)
+  if np.ndim(epsilon) != 0:
+    raise ValueError(f"epsilon must be one number for the whole prediction vector; got an array of shape "
+                     f"{np.shape(epsilon)}")
+  _checks.epsilon_array(epsilon, (), 0, _api._float_dtypes(pred.dtype)[0])  # pylint: disable=protected-access
+  fn = _grad_and_probes(pred.shape[0], pred.dtype, groups, num_groups, bool(target_soft), int(num_probes), backend,
+                        options)
+  grad, probes = fn(pred, target, jax.random.key(seed), epsilon)
   grad = np.asarray(grad, np.float64)
   diag = np.mean(np.asarray(probes, np.float64)**2, axis=0)
   mean = float(diag.mean()) if diag.size else 0.0
@@ -377,12 +389,13 @@ _GRAD_CACHE: dict[Any, Callable] = {}
 
 
 def _grad_and_probes(n: int, dtype: Any, groups: np.ndarray | None, num_groups: Any, target_soft: bool,
-                     num_probes: int, epsilon: Any, backend: Any, options: dict) -> Callable:
-  """A jitted ``(pred, target, key) -> (grad, J^T z for num_probes probes z)``, cached per configuration so that
-  a boosting loop, which calls it every round with the same groups, compiles it once."""
+                     num_probes: int, backend: Any, options: dict) -> Callable:
+  """A jitted ``(pred, target, key, epsilon) -> (grad, J^T z for num_probes probes z)``, cached per configuration
+  so that a boosting loop, which calls it every round with the same groups, compiles it once (epsilon is an
+  argument: changing it does not recompile either)."""
   try:
     key = (n, str(dtype), None if groups is None else (groups.dtype.str, groups.tobytes()), num_groups,
-           target_soft, num_probes, epsilon, backend, tuple(sorted(options.items())))
+           target_soft, num_probes, backend, tuple(sorted(options.items())))
     hash(key)
   except TypeError:  # an unhashable option value: compile without caching
     key = None
@@ -390,7 +403,7 @@ def _grad_and_probes(n: int, dtype: Any, groups: np.ndarray | None, num_groups: 
     return _GRAD_CACHE[key]
 
   @jax.jit
-  def fn(pred, target, rng):
+  def fn(pred, target, rng, epsilon):
 
     def residual(p):
       u, v, weights, _ = _spearman_parts(p, target, axis=-1, target_soft=target_soft, groups=groups,
@@ -454,7 +467,7 @@ def spearman_boosting_objective(*, groups: ArrayLike | None = None, **kwargs: An
 
 
 def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int = -1,
-                    epsilon: float | None = None, backend: str = "pav", **options: Any) -> jax.Array:
+                    epsilon: ArrayLike | None = None, backend: str = "pav", **options: Any) -> jax.Array:
   r"""Soft top-k error: a hinge on the soft rank of the true class against the top-k boundary, in [0, 1].
 
   With :math:`r_\varepsilon` the soft ranks of the logits in decreasing order (0 for the top class) and
@@ -482,7 +495,8 @@ def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int =
     k: the number of top classes that count as correct, an int in ``[1, C]`` (``k = C``: the loss is 0).
     axis: the class axis.
     epsilon: regularization strength of the soft ranks, > 0; ``None`` picks the backend's default (``pav``:
-      1.0, ``sinkhorn``: 1e-2). ``pav`` ranks depend on ``logits / epsilon``.
+      1.0, ``sinkhorn``: 1e-2). ``pav`` ranks depend on ``logits / epsilon``. A number, or one per example
+      (broadcastable to ``labels``' shape), also traced.
     backend: ``"pav"`` or ``"sinkhorn"``.
     **options: backend options, as for :func:`otsort.ranks`.
 
@@ -531,7 +545,7 @@ def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int =
   return jnp.maximum(true_rank - (k - 1), 0) / (num_classes - k)
 
 
-def soft_error(logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, epsilon: float | None = None,
+def soft_error(logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, epsilon: ArrayLike | None = None,
                backend: str = "pav", **options: Any) -> jax.Array:
   r"""Soft 0/1 error: the soft rank of the true class counted from the top, divided by ``C - 1``, in [0, 1].
 

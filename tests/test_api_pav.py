@@ -191,7 +191,8 @@ def test_epsilon_must_be_positive_finite_and_real(op, epsilon):
 @pytest.mark.parametrize("op", OPS)
 def test_epsilon_must_have_one_value_per_row(op):
   with pytest.raises(ValueError, match=r"epsilon must be a number or an array broadcastable to x.shape without "
-                                       r"axis, \(2,\) \(one epsilon per row\); got epsilon.shape = \(3,\)"):
+                                       r"axis, \(2,\) \(one epsilon per row; or x's shape with size 1 along axis\); got "
+                                       r"epsilon.shape = \(3,\)"):
     OPS[op](X, epsilon=np.array([0.1, 0.2, 0.3]))
 
 

@@ -54,6 +54,10 @@ print(f"methods: {', '.join(methods)}; n = {settings['n']}, batch = {settings['b
 
 # %% [markdown]
 # ## The sweep
+#
+# `epsilon` is an ordinary argument of every otsort operation, so one jitted function serves the whole sweep:
+# `jax.jit(lambda x, e: otsort.ranks(x, epsilon=e))` compiles once, whatever values `e` takes (and `jax.vmap` over
+# `e` evaluates several epsilons in one call). `compare` builds its timed functions that way, once per method.
 
 # %%
 rows = _compare.compare(methods=methods, seed=0, **settings)
