@@ -169,3 +169,18 @@ def test_boosting_gradients_do_not_recompile_for_a_new_epsilon():
   grad, hess = otsort.losses.spearman_grad_hess(pred, target, epsilon=0.3)
   assert len(otsort.losses._GRAD_CACHE) == cached  # pylint: disable=protected-access
   assert np.all(np.isfinite(grad)) and np.all(hess > 0)
+
+
+def test_filters_take_a_traced_epsilon():
+  image = jnp.asarray(np.random.default_rng(10).uniform(size=(6, 7)), jnp.float32)
+  traces = []
+
+  @jax.jit
+  def median(epsilon):
+    traces.append(1)
+    return otsort.filters.median_filter(image, size=3, epsilon=epsilon)
+
+  for epsilon in (0.05, 0.5):
+    np.testing.assert_allclose(median(epsilon), otsort.filters.median_filter(image, size=3, epsilon=epsilon),
+                               rtol=1e-6, atol=1e-6)
+  assert len(traces) == 1
