@@ -53,8 +53,33 @@ Sinkhorn scalings :math:`u = e^{(f - f^0)/\varepsilon}`,
 :math:`(f^0, g^0)`, which is :math:`O(\varepsilon \log n)` (see
 :func:`monotone_dual_potentials` for the one case where this needs care).
 Separable shifts of the cost leave the entropic plan unchanged, so the plan
-and every readout are those of the original problem; :math:`(f^0, g^0)`
-carry no gradient, which is exact since the shifted solution moves with them.
+and every readout are those of the original problem.
+
+**Derivatives are those of the computed function.** How :math:`(f^0, g^0)`
+enter the derivative depends on the differentiation mode:
+
+* ``"implicit"`` differentiates the *converged* plan, which does not depend
+  on the shift, so :math:`(f^0, g^0)` are computed under ``stop_gradient``
+  (exact at convergence, and one less backward pass).
+* ``"unroll"`` differentiates the iterates actually computed. Before
+  convergence they *do* depend on the starting point: kernel mode on the
+  reduced cost is log-domain Sinkhorn on :math:`C` started from
+  :math:`(f^0, g^0)`. So the gradient flows through :math:`(f^0, g^0)`: the
+  sort order and the ``searchsorted`` indices are piecewise constant (no
+  gradient), the gathered source values, the cumulative sum and the
+  :math:`c`-transform's ``min`` are differentiated. With ``stop_gradient``
+  there, unrolled gradients at a loose threshold were off (float64,
+  threshold ``1e-2``, :math:`\varepsilon = 0.01`, a directional derivative
+  against central finite differences: 7.6% for ``sort`` with 20 targets, 76%
+  for ``quantile`` with 12 inputs); they now agree to :math:`10^{-9}`.
+
+**Epsilon** is a scalar that may be traced, a leaf of the geometry: changing
+it does not recompile, and it is differentiated. Unrolled, its derivative
+goes through every iteration. Implicitly, ott-jax's custom VJP pulls the
+adjoint back through the first-order conditions with respect to the whole
+problem pytree, the geometry's epsilon included; :class:`_ImplicitDiff` only
+replaces the linear solve, so that cotangent is kept (checked against finite
+differences in ``tests/test_sinkhorn_epsilon.py``).
 """
 
 from __future__ import annotations
@@ -63,6 +88,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 from ott.geometry import geometry
 from ott.geometry import pointcloud
@@ -161,12 +187,13 @@ class _ReducedKernelGeometry(geometry.Geometry):
   ott-jax's ``apply_kernel`` raises the kernel to the power
   :math:`\varepsilon / \varepsilon_t` of an epsilon schedule at every call, a
   traced ``pow`` over all :math:`nm` entries that costs as much as a
-  log-domain iteration. Our epsilon is constant, so the kernel is applied as
-  is.
+  log-domain iteration. Our epsilon does not change over the iterations (no
+  schedule), so the kernel is applied as is. Epsilon itself stays a pytree
+  leaf of the geometry (it may be traced, and is differentiated).
   """
 
   def apply_kernel(self, vec, eps=None, axis=0):
-    del eps  # Constant epsilon: the exponent would be 1.
+    del eps  # No schedule: the exponent would be 1.
     kernel = self.kernel_matrix
     return kernel @ vec if axis == 1 else vec @ kernel
 
@@ -273,7 +300,7 @@ def transport(
     locations: tuple[float, ...],
     weights: tuple[float, ...],
     *,
-    epsilon: float,
+    epsilon: ArrayLike,
     threshold: float,
     min_iterations: int,
     max_iterations: int,
@@ -286,7 +313,9 @@ def transport(
     z: ``[n]`` squashed inputs.
     locations: ``m`` target locations.
     weights: ``m`` target weights.
-    epsilon: entropic regularisation (absolute, as in ott-jax's soft_sort).
+    epsilon: scalar entropic regularisation (absolute, as in ott-jax's
+      soft_sort); a Python float or a possibly traced 0-d array, which is
+      differentiated like any other input.
     threshold: stop when the L1 marginal error is below it.
     min_iterations: minimum number of Sinkhorn iterations.
     max_iterations: maximum number of Sinkhorn iterations.
@@ -301,12 +330,17 @@ def transport(
   y = jnp.asarray(np.asarray(locations), dtype=dtype)
   a = jnp.full((n,), 1.0 / n, dtype=dtype)
   b = jnp.asarray(np.asarray(weights), dtype=dtype)
+  epsilon = jnp.asarray(epsilon, dtype=dtype)
 
   implicit_diff = _IMPLICIT if differentiation == "implicit" else None
   if initializer == "monotone":
     # Kernel mode on the reduced cost (see the module docstring): the
     # scalings start at 1, i.e. the potentials at the monotone duals.
-    f0, g0 = monotone_dual_potentials(*jax.lax.stop_gradient((z, a, y, b)))
+    # Unrolled iterates depend on that start, so it is differentiated there.
+    duals_of = (z, a, y, b)
+    if differentiation == "implicit":
+      duals_of = jax.lax.stop_gradient(duals_of)
+    f0, g0 = monotone_dual_potentials(*duals_of)
     reduced = (z[:, None] - y[None, :])**2 - f0[:, None] - g0[None, :]
     geom = _ReducedKernelGeometry(kernel_matrix=jnp.exp(-reduced / epsilon),
                                   epsilon=epsilon)
