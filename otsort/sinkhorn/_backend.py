@@ -7,6 +7,13 @@ target measure with ott-jax's Sinkhorn solver and reads the result off the
 coupling. Defaults reproduce ``ott.tools.soft_sort`` within the solver
 threshold, but with gradients that work in float32 (see ``_transport.py``).
 
+``epsilon`` is data, not configuration: every operator takes it as a
+``[batch]`` array, one value per row, in the dtype of ``x`` (a Python float
+or a 0-d array is shared by all rows). It may be traced: changing it under
+``jax.jit`` does not recompile, it can be ``vmap``-ed over, and every
+operator is differentiable with respect to it, for both differentiation
+modes. The front end checks that it is positive and finite.
+
 Forward-mode differentiation (``jax.jvp``/``jacfwd``) is not supported: both
 ott-jax's implicit and unrolled loops are ``custom_vjp`` functions. Use
 reverse mode (``jax.grad``, ``jax.vjp``, ``jacrev``).
@@ -28,6 +35,7 @@ from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
 from otsort import _checks
@@ -81,7 +89,9 @@ class SinkhornOptions:
       checkpoints them), exact derivative of what was computed even if not
       converged, several times slower.
     initializer: ``"monotone"`` (default): closed-form dual potentials of
-      the unregularised 1-D problem, :math:`O(nm)`, no gradient;
+      the unregularised 1-D problem, :math:`O(nm)`; not differentiated with
+      ``"implicit"`` (the converged plan does not depend on the start),
+      differentiated with ``"unroll"`` (the iterates do);
       ``"zeros"``: ott-jax's default (zero potentials).
   """
 
@@ -227,7 +237,7 @@ def _reject_custom_target(options: SinkhornOptions, op: str) -> None:
     )
 
 
-def _row_transport(x_row, measure: TargetMeasure, epsilon: float,
+def _row_transport(x_row, measure: TargetMeasure, epsilon: jax.Array,
                    options: SinkhornOptions) -> _transport.Transport:
   z = _transport.squash(x_row, options.squashing)
   return _transport.transport(z, measure.locations, measure.weights,
@@ -244,11 +254,24 @@ def _check_rows(x, name="x"):
     raise ValueError(f"{name} must be [batch, n]; got shape {x.shape}")
 
 
+def _row_epsilons(epsilon: ArrayLike, x: jax.Array) -> jax.Array:
+  """``epsilon`` as ``[batch]`` in ``x``'s dtype; a scalar is shared."""
+  eps = jnp.asarray(epsilon, dtype=x.dtype)
+  if eps.ndim == 0:
+    return jnp.broadcast_to(eps, x.shape[:1])
+  if eps.shape != x.shape[:1]:
+    raise ValueError(
+        f"epsilon must be a scalar or [batch] = [{x.shape[0]}] (one value per"
+        f" row of x); got shape {eps.shape}"
+    )
+  return eps
+
+
 # ----------------------------------------------------------------------------
 # Operators
 
 
-def sort(x: jax.Array, *, descending: bool, epsilon: float,
+def sort(x: jax.Array, *, descending: bool, epsilon: ArrayLike,
          options: SinkhornOptions) -> jax.Array:
   r"""Soft sort of each row, the entropic counterpart of ``jnp.sort``.
 
@@ -264,7 +287,8 @@ def sort(x: jax.Array, *, descending: bool, epsilon: float,
   Args:
     x: ``[batch, n]`` float32 or float64 rows.
     descending: reverse the output (largest first).
-    epsilon: positive entropic regularisation.
+    epsilon: ``[batch]`` positive entropic regularisation, one per row,
+      or a scalar for all rows.
     options: see :class:`SinkhornOptions`; ``target``, ``num_targets`` and
       ``target_weights`` apply.
 
@@ -273,19 +297,20 @@ def sort(x: jax.Array, *, descending: bool, epsilon: float,
     the target measure.
   """
   _check_rows(x)
+  eps = _row_epsilons(epsilon, x)
   n = x.shape[1]
   if n == 1 and not options.has_custom_target:
     return x
   measure = _sort_target(n, options)
 
-  def row(xr):
-    return _readouts.sort(_row_transport(xr, measure, epsilon, options), xr)
+  def row(xr, er):
+    return _readouts.sort(_row_transport(xr, measure, er, options), xr)
 
-  out = _map_rows(row, x)
+  out = _map_rows(row, x, eps)
   return out[:, ::-1] if descending else out
 
 
-def ranks(x: jax.Array, *, descending: bool, epsilon: float,
+def ranks(x: jax.Array, *, descending: bool, epsilon: ArrayLike,
           options: SinkhornOptions) -> jax.Array:
   r"""Soft ranks of each row, 0-based, like ``argsort(argsort(x))``.
 
@@ -297,27 +322,29 @@ def ranks(x: jax.Array, *, descending: bool, epsilon: float,
   Args:
     x: ``[batch, n]`` rows.
     descending: the largest value gets rank 0.
-    epsilon: positive entropic regularisation.
+    epsilon: ``[batch]`` positive entropic regularisation, one per row,
+      or a scalar for all rows.
     options: see :class:`SinkhornOptions`; target options apply.
 
   Returns:
     ``[batch, n]`` soft ranks in :math:`[0, n - 1]`.
   """
   _check_rows(x)
+  eps = _row_epsilons(epsilon, x)
   n = x.shape[1]
   if n == 1:
     return jnp.zeros_like(x)
   measure = _sort_target(n, options)
 
-  def row(xr):
-    tr = _row_transport(xr, measure, epsilon, options)
+  def row(xr, er):
+    tr = _row_transport(xr, measure, er, options)
     return _readouts.ranks(tr, measure.locations)
 
-  out = _map_rows(row, x)
+  out = _map_rows(row, x, eps)
   return (n - 1) - out if descending else out
 
 
-def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: float,
+def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: ArrayLike,
              options: SinkhornOptions) -> jax.Array:
   r"""Soft quantiles of each row, the counterpart of ``jnp.quantile``.
 
@@ -329,13 +356,15 @@ def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: float,
   Args:
     x: ``[batch, n]`` rows.
     q: levels in :math:`[0, 1]`.
-    epsilon: positive entropic regularisation.
+    epsilon: ``[batch]`` positive entropic regularisation, one per row,
+      or a scalar for all rows.
     options: target options must be left unset.
 
   Returns:
     ``[batch, len(q)]``.
   """
   _check_rows(x)
+  eps = _row_epsilons(epsilon, x)
   _reject_custom_target(options, "quantile")
   q = tuple(float(v) for v in q)
   n = x.shape[1]
@@ -344,14 +373,14 @@ def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: float,
   measure, index = _targets.quantile_targets(q, n)
   index = np.asarray(index)
 
-  def row(xr):
-    tr = _row_transport(xr, measure, epsilon, options)
+  def row(xr, er):
+    tr = _row_transport(xr, measure, er, options)
     return _readouts.sort(tr, xr)[index]
 
-  return _map_rows(row, x)
+  return _map_rows(row, x, eps)
 
 
-def topk(x: jax.Array, k: int, *, epsilon: float,
+def topk(x: jax.Array, k: int, *, epsilon: ArrayLike,
          options: SinkhornOptions) -> jax.Array:
   r"""Soft top-:math:`k` values, largest first, like ``jax.lax.top_k(x, k)[0]``.
 
@@ -364,27 +393,29 @@ def topk(x: jax.Array, k: int, *, epsilon: float,
   Args:
     x: ``[batch, n]`` rows.
     k: ``1 <= k <= n`` (checked by the front end).
-    epsilon: positive entropic regularisation.
+    epsilon: ``[batch]`` positive entropic regularisation, one per row,
+      or a scalar for all rows.
     options: target options must be left unset.
 
   Returns:
     ``[batch, k]``, descending.
   """
   _check_rows(x)
+  eps = _row_epsilons(epsilon, x)
   _reject_custom_target(options, "topk")
   n = x.shape[1]
   if k >= n:
-    return sort(x, descending=True, epsilon=epsilon, options=options)
+    return sort(x, descending=True, epsilon=eps, options=options)
   measure = TargetMeasure.topk(n, k)
 
-  def row(xr):
-    tr = _row_transport(xr, measure, epsilon, options)
+  def row(xr, er):
+    tr = _row_transport(xr, measure, er, options)
     return _readouts.sort(tr, xr)[1:]
 
-  return _map_rows(row, x)[:, ::-1]
+  return _map_rows(row, x, eps)[:, ::-1]
 
 
-def topk_mask(x: jax.Array, k: int, *, epsilon: float,
+def topk_mask(x: jax.Array, k: int, *, epsilon: ArrayLike,
               options: SinkhornOptions) -> jax.Array:
   r"""Soft top-:math:`k` mask, the counterpart of ``x >= sort(x)[-k]``.
 
@@ -399,7 +430,8 @@ def topk_mask(x: jax.Array, k: int, *, epsilon: float,
   Args:
     x: ``[batch, n]`` rows.
     k: ``1 <= k <= n``; ``k = n`` gives ones.
-    epsilon: positive entropic regularisation.
+    epsilon: ``[batch]`` positive entropic regularisation, one per row,
+      or a scalar for all rows.
     options: target options must be left unset.
 
   Returns:
@@ -407,20 +439,21 @@ def topk_mask(x: jax.Array, k: int, *, epsilon: float,
     ``k`` (within the solver threshold times ``n``).
   """
   _check_rows(x)
+  eps = _row_epsilons(epsilon, x)
   _reject_custom_target(options, "topk_mask")
   n = x.shape[1]
   if k >= n:
     return jnp.ones_like(x)
   measure = TargetMeasure.topk_mask(n, k)
 
-  def row(xr):
-    tr = _row_transport(xr, measure, epsilon, options)
+  def row(xr, er):
+    tr = _row_transport(xr, measure, er, options)
     return tr.plan[:, 1] / tr.row_sums
 
-  return _map_rows(row, x)
+  return _map_rows(row, x, eps)
 
 
-def quantize(x: jax.Array, num_levels: int, *, epsilon: float,
+def quantize(x: jax.Array, num_levels: int, *, epsilon: ArrayLike,
              options: SinkhornOptions) -> jax.Array:
   r"""Soft quantization of each row onto ``num_levels`` soft levels.
 
@@ -431,28 +464,29 @@ def quantize(x: jax.Array, num_levels: int, *, epsilon: float,
   Args:
     x: ``[batch, n]`` rows.
     num_levels: an int ``>= 2``.
-    epsilon: positive entropic regularisation.
+    epsilon: ``[batch]`` positive entropic regularisation, one per row,
+      or a scalar for all rows.
     options: target options must be left unset.
 
   Returns:
     ``[batch, n]``.
   """
   _check_rows(x)
+  eps = _row_epsilons(epsilon, x)
   _reject_custom_target(options, "quantize")
   _check_int("num_levels", num_levels, low=2)
   if x.shape[1] == 1:
     return x
   measure = TargetMeasure.uniform(num_levels)
 
-  def row(xr):
-    return _readouts.quantize(_row_transport(xr, measure, epsilon, options),
-                              xr)
+  def row(xr, er):
+    return _readouts.quantize(_row_transport(xr, measure, er, options), xr)
 
-  return _map_rows(row, x)
+  return _map_rows(row, x, eps)
 
 
 def sort_with(x: jax.Array, other: jax.Array, topk: Optional[int], *,
-              epsilon: float, options: SinkhornOptions) -> jax.Array:
+              epsilon: ArrayLike, options: SinkhornOptions) -> jax.Array:
   r"""Soft-sorts the vectors ``other`` by the criterion ``x``.
 
   Each output vector is the average of the ``other`` vectors sent to one
@@ -466,13 +500,15 @@ def sort_with(x: jax.Array, other: jax.Array, topk: Optional[int], *,
       vectors of the ``k`` largest criteria, **descending** like
       :func:`topk` (ott-jax returns them ascending); ``k = n`` is the full
       descending sort.
-    epsilon: positive entropic regularisation.
+    epsilon: ``[batch]`` positive entropic regularisation, one per row,
+      or a scalar for all rows.
     options: target options apply only when ``topk`` is ``None``.
 
   Returns:
     ``[batch, m, d]`` (ascending) or ``[batch, k, d]`` (descending).
   """
   _check_rows(x)
+  eps = _row_epsilons(epsilon, x)
   if other.ndim != 3 or other.shape[:2] != x.shape:
     raise ValueError(
         f"other must be [batch, n, d] = [{x.shape[0]}, {x.shape[1]}, d]; got "
@@ -491,16 +527,17 @@ def sort_with(x: jax.Array, other: jax.Array, topk: Optional[int], *,
       measure, start = TargetMeasure.topk(n, topk), 1
     descending = True
 
-  def row(xr, vr):
-    tr = _row_transport(xr, measure, epsilon, options)
+  def row(xr, vr, er):
+    tr = _row_transport(xr, measure, er, options)
     return _readouts.column_means(tr, vr)[start:]
 
-  out = _map_rows(row, x, other)
+  out = _map_rows(row, x, other, eps)
   return out[:, ::-1] if descending else out
 
 
 def quantile_normalization(x: jax.Array, targets: jax.Array,
-                           weights: Optional[Any] = None, *, epsilon: float,
+                           weights: Optional[Any] = None, *,
+                           epsilon: ArrayLike,
                            options: SinkhornOptions) -> jax.Array:
   r"""Soft quantile normalization: give each row the distribution ``targets``.
 
@@ -514,13 +551,15 @@ def quantile_normalization(x: jax.Array, targets: jax.Array,
     targets: ``[m]`` (shared) or ``[batch, m]`` values, sorted ascending.
     weights: ``None`` (uniform) or concrete ``[m]`` positive weights summing
       to 1.
-    epsilon: positive entropic regularisation.
+    epsilon: ``[batch]`` positive entropic regularisation, one per row,
+      or a scalar for all rows.
     options: target options must be left unset.
 
   Returns:
     ``[batch, n]``.
   """
   _check_rows(x)
+  eps = _row_epsilons(epsilon, x)
   _reject_custom_target(options, "quantile_normalization")
   targets = jnp.asarray(targets, dtype=x.dtype)
   if targets.ndim == 1:
@@ -540,8 +579,8 @@ def quantile_normalization(x: jax.Array, targets: jax.Array,
         m, _targets.check_weights(weights, name="weights", length=m)
     )
 
-  def row(xr, tr_values):
-    tr = _row_transport(xr, measure, epsilon, options)
+  def row(xr, tr_values, er):
+    tr = _row_transport(xr, measure, er, options)
     return _readouts.row_means(tr, tr_values)
 
-  return _map_rows(row, x, targets)
+  return _map_rows(row, x, targets, eps)
