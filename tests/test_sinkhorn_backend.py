@@ -253,7 +253,7 @@ def test_small_epsilon_recovers_hard_operators(x64):
 # Gradients.
 
 
-def test_float32_gradients_are_finite_for_every_op():
+def test_float32_gradients_in_x_and_epsilon_are_finite_for_every_op():
   n = 8
   rng = np.random.default_rng(8)
   # Rows are independent problems: stack every hard case in one batch.
@@ -262,13 +262,21 @@ def test_float32_gradients_are_finite_for_every_op():
   cases.append(np.ones((1, n)))  # all equal
   cases.append(np.r_[np.zeros(n - 1), 1e3][None])  # one outlier
   x = jnp.asarray(np.concatenate(cases), jnp.float32)
-  ops = _ops(n)
-  # Jacobian of the per-op losses: every op's gradient, one compilation.
-  jac = jax.jit(jax.jacrev(_all_losses(ops)))(x)
-  assert jac.dtype == jnp.float32
-  for name, g in zip(ops, jac):
-    assert bool(jnp.all(jnp.isfinite(g))), name
-    assert float(jnp.abs(g).max()) > 0, name
+  eps = jnp.full(x.shape[0], EPS, jnp.float32)
+  names = list(_ops(n))
+
+  def losses(x, eps):
+    return _all_losses(_ops(n, epsilon=eps))(x)
+
+  # Jacobians of the per-op losses in x and in the per-row epsilons: every
+  # op's gradients, one compilation.
+  jac_x, jac_eps = jax.jit(jax.jacrev(losses, argnums=(0, 1)))(x, eps)
+  assert jac_x.dtype == jac_eps.dtype == jnp.float32
+  for name, gx, ge in zip(names, jac_x, jac_eps):
+    assert bool(jnp.all(jnp.isfinite(gx))), name
+    assert bool(jnp.all(jnp.isfinite(ge))), name
+    assert float(jnp.abs(gx).max()) > 0, name
+    assert float(jnp.abs(ge).max()) > 0, name
 
 
 def test_gradients_match_finite_differences_in_float64(x64):
