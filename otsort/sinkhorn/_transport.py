@@ -253,7 +253,8 @@ class _ImplicitDiff(ott_implicit.ImplicitDiff):
       # cross-block mass, which can round off against rho. The ridge keeps
       # the solve finite; it only damps modes whose cross mass is below
       # float rounding, and the loss gradient along those is as small.
-      ridge = 16 * float(jnp.finfo(plan.dtype).eps) * (jnp.max(c) + rho * c.shape[0])
+      ridge = (16 * float(jnp.finfo(plan.dtype).eps)
+               * (jnp.max(c) + rho * c.shape[0]))
       schur = (jnp.diag(jnp.sum(w, axis=1) + ridge) - w + rho)
       v = jnp.linalg.solve(schur, rhs)
     else:
