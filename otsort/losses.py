@@ -12,6 +12,7 @@ instead of silently picking another class.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -49,10 +50,11 @@ def _default_epsilon(backend: Any, epsilon: Any) -> Any:
   return module.DEFAULT_EPSILON if epsilon is None else epsilon
 
 
-def _hard_ranks(x: jax.Array) -> jax.Array:
+def _hard_ranks(x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
   """0-based ranks along the last axis, ties sharing the mean of their ranks (``scipy.stats.rankdata`` - 1).
 
-  O(n log n): an entry's tied run in the sorted row is [searchsorted left, searchsorted right).
+  O(n log n): an entry's tied run in the sorted row is [searchsorted left, searchsorted right). A row with a NaN
+  or an infinity among its ``valid`` entries (all entries by default) has no ranks: NaN, like the soft ranks.
   """
 
   def row(v):
@@ -62,18 +64,21 @@ def _hard_ranks(x: jax.Array) -> jax.Array:
     return (left + right - 1).astype(v.dtype) / 2
 
   flat = x.reshape(-1, x.shape[-1])
-  return jax.vmap(row)(flat).reshape(x.shape)
+  ranks = jax.vmap(row)(flat).reshape(x.shape)
+  valid = jnp.ones(x.shape, bool) if valid is None else valid
+  bad = jnp.any(valid & ~jnp.isfinite(x), axis=-1, keepdims=True)
+  return jnp.where(bad, jnp.nan, ranks)
 
 
 def _safe_unit(v: jax.Array, valid: jax.Array) -> jax.Array:
   """Centres the valid entries of each row and scales them to unit norm; a constant row gives zeros (no NaN in
-  values or gradients)."""
+  values or gradients), a row with a NaN gives NaN (it is not hidden as a correlation of 0)."""
   count = jnp.maximum(valid.sum(-1, keepdims=True), 1)
   centred = jnp.where(valid, v - jnp.sum(jnp.where(valid, v, 0), -1, keepdims=True) / count, 0)
   squared = jnp.sum(centred**2, -1, keepdims=True)
-  positive = squared > 0
-  norm = jnp.sqrt(jnp.where(positive, squared, 1))
-  return jnp.where(positive, centred / norm, 0)
+  constant = squared == 0  # False for NaN
+  norm = jnp.sqrt(jnp.where(constant, 1, squared))
+  return jnp.where(constant, 0, centred / norm)
 
 
 def _check_same_shape(pred: jax.Array, target: jax.Array) -> None:
@@ -205,7 +210,7 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
     if target_soft:
       target_ranks = _soft_ranks_padded(target, valid, layout.sizes, epsilon, backend, options)
     else:
-      target_ranks = _hard_ranks(jnp.where(valid, jax.lax.stop_gradient(target), jnp.inf))
+      target_ranks = _hard_ranks(jnp.where(valid, jax.lax.stop_gradient(target), jnp.inf), valid)
     counts = valid.sum(-1)
     weights = (counts >= 2).astype(dtype)  # a group of fewer than 2 entries has no correlation
     weights = weights / jnp.maximum(weights.sum(), 1)
@@ -353,36 +358,54 @@ def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike 
     Chen, Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016 (second-order boosting).
     Bekas, Kokiopoulou, Saad, "An estimator for the diagonal of a matrix", Applied Numerical Mathematics, 2007.
   """
-  _checks.check_choice("hessian", hessian, _HESSIANS)
-  if isinstance(num_probes, (bool, np.bool_)) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
-    raise ValueError(f"num_probes must be a positive int; got num_probes = {num_probes!r}")
-  if not isinstance(normalize, (bool, np.bool_)):
-    raise ValueError(f"normalize must be True or False; got normalize = {normalize!r}")
+  _check_grad_hess_arguments(hessian, num_probes, normalize, epsilon, backend, options)
   pred = np.asarray(pred)
+  if np.iscomplexobj(pred) or not (np.issubdtype(pred.dtype, np.number) or pred.dtype == bool):
+    raise ValueError(f"pred must hold real numbers; got dtype {pred.dtype}")
+  if not np.issubdtype(pred.dtype, np.floating):
+    pred = pred.astype(np.float64)  # integer margins (e.g. a first boosting round) are ranked as floats
   if pred.ndim != 1:
     raise ValueError(f"pred must be 1-D, one prediction per example; got pred.shape = {pred.shape}")
   target = np.asarray(target)
   _check_same_shape(pred, target)
   groups = None if groups is None else np.asarray(groups)  # concrete: group sizes are known, any backend works
   epsilon = _default_epsilon(backend, epsilon)
-  if np.ndim(epsilon) != 0:
-    raise ValueError(f"epsilon must be one number for the whole prediction vector; got an array of shape "
-                     f"{np.shape(epsilon)}")
-  _checks.epsilon_array(epsilon, (), 0, _api._float_dtypes(pred.dtype)[0])  # pylint: disable=protected-access
   fn = _grad_and_probes(pred.shape[0], pred.dtype, groups, num_groups, bool(target_soft), int(num_probes), backend,
                         options)
   grad, probes = fn(pred, target, jax.random.key(seed), epsilon)
   grad = np.asarray(grad, np.float64)
   diag = np.mean(np.asarray(probes, np.float64)**2, axis=0)
-  mean = float(diag.mean()) if diag.size else 0.0
-  if not np.isfinite(mean) or mean <= 0:
+  # Entries of a row (group) with a NaN or an infinity get NaN; every scale below is taken over the others only,
+  # so one group's bad data changes no other group's gradient or Hessian.
+  finite = np.isfinite(grad) & np.isfinite(diag)
+  mean = float(diag[finite].mean()) if finite.any() else 0.0
+  if mean <= 0:
     mean = 1.0  # no entry's rank moves (e.g. epsilon far below the gaps of pred): the gradient is 0 too
     diag = np.ones_like(diag)
   hess = np.full_like(diag, mean) if hessian == "constant" else np.maximum(diag, 0.01 * mean)
-  if normalize:
-    scale = hess.mean()
+  grad, hess = np.where(finite, grad, np.nan), np.where(finite, hess, np.nan)
+  if normalize and finite.any():
+    scale = hess[finite].mean()
     grad, hess = grad / scale, hess / scale
   return grad, hess
+
+
+def _check_grad_hess_arguments(hessian: Any, num_probes: Any, normalize: Any, epsilon: Any, backend: Any,
+                               options: dict) -> None:
+  """The checks of :func:`spearman_grad_hess` that need no data, so that an objective can run them when it is made
+  rather than at the first boosting round."""
+  _checks.check_choice("hessian", hessian, _HESSIANS)
+  if isinstance(num_probes, (bool, np.bool_)) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
+    raise ValueError(f"num_probes must be a positive int; got num_probes = {num_probes!r}")
+  if not isinstance(normalize, (bool, np.bool_)):
+    raise ValueError(f"normalize must be True or False; got normalize = {normalize!r}")
+  module = _api._backend_module(backend)  # pylint: disable=protected-access
+  module.parse_options(options)
+  if epsilon is not None:
+    if np.ndim(epsilon) != 0:
+      raise ValueError(f"epsilon must be one number for the whole prediction vector; got an array of shape "
+                       f"{np.shape(epsilon)}")
+    _checks.epsilon_array(epsilon, (), 0, jnp.result_type(float))
 
 
 _GRAD_CACHE: dict[Any, Callable] = {}
@@ -453,6 +476,14 @@ def spearman_boosting_objective(*, groups: ArrayLike | None = None, **kwargs: An
     >>> booster = xgboost.train({"tree_method": "hist"}, xgboost.DMatrix(X, y), 100, obj=obj)
   """
   groups = None if groups is None else np.asarray(groups)
+  names = set(inspect.signature(spearman_grad_hess).parameters) - {"pred", "target", "groups", "options"}
+  settings = {name: inspect.signature(spearman_grad_hess).parameters[name].default for name in names}
+  settings.update({name: value for name, value in kwargs.items() if name in names})
+  options = {name: value for name, value in kwargs.items() if name not in names}
+  # Checked now: a misspelt keyword (it would be taken for a backend option) or a bad value fails here, not at the
+  # first boosting round.
+  _check_grad_hess_arguments(settings["hessian"], settings["num_probes"], settings["normalize"], settings["epsilon"],
+                             settings["backend"], options)
 
   def objective(preds: np.ndarray, data: Any) -> tuple[np.ndarray, np.ndarray]:
     target = data.get_label() if hasattr(data, "get_label") else data

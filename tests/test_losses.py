@@ -305,3 +305,61 @@ def test_soft_errors_bad_arguments_raise_errors_naming_them():
     losses.soft_error(logits[:, :1], labels)
   with pytest.raises(ValueError, match=r"backend must be one of"):
     losses.soft_error(logits, labels, backend="nope")
+
+
+# --- Non-finite data is not hidden (issue 14) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_row_with_a_nan_or_an_infinity_has_a_nan_correlation_and_leaves_other_rows_alone(bad):
+  rng = np.random.default_rng(20)
+  pred, target = rng.normal(size=(3, 7)), rng.normal(size=(3, 7))
+  clean = np.asarray(otsort.losses.spearman_correlation(pred, target, epsilon=0.1))
+  for which in ("pred", "target"):
+    p, t = pred.copy(), target.copy()
+    (p if which == "pred" else t)[1, 2] = bad
+    corr = np.asarray(otsort.losses.spearman_correlation(p, t, epsilon=0.1))
+    assert np.isnan(corr[1]), which
+    np.testing.assert_allclose(corr[[0, 2]], clean[[0, 2]], rtol=1e-6)
+    grad = jax.grad(lambda q: jnp.sum(otsort.losses.spearman_loss(q, t, epsilon=0.1)[jnp.array([0, 2])]))(
+        jnp.asarray(p))
+    assert np.all(np.isfinite(grad[jnp.array([0, 2])]))
+
+
+def test_one_group_with_a_nan_changes_no_other_groups_boosting_gradient():
+  rng = np.random.default_rng(21)
+  pred, target = rng.normal(size=60), rng.normal(size=60)
+  groups = np.repeat(np.arange(3), 20)
+  bad = pred.copy()
+  bad[3] = np.nan
+  for normalize in (False, True):
+    g_clean, h_clean = otsort.losses.spearman_grad_hess(pred, target, groups=groups, epsilon=0.1, normalize=normalize)
+    g_bad, h_bad = otsort.losses.spearman_grad_hess(bad, target, groups=groups, epsilon=0.1, normalize=normalize)
+    assert np.isnan(g_bad[:20]).all() and np.isnan(h_bad[:20]).all()
+    assert np.all(np.isfinite(g_bad[20:])) and np.all(h_bad[20:] > 0)
+    if normalize:  # one scale for the finite entries: the same ratios, and a Hessian of mean 1 over them
+      np.testing.assert_allclose(g_bad[20:] / h_bad[20:], g_clean[20:] / h_clean[20:], rtol=1e-9)
+      np.testing.assert_allclose(h_bad[20:].mean(), 1.0, rtol=1e-12)
+    else:
+      np.testing.assert_allclose(g_bad[20:], g_clean[20:], rtol=1e-9)
+      # The Hessian's floor is 1% of the mean over the finite entries, so only entries above it must agree.
+      above = (h_clean[20:] > h_clean[20:].min()) & (h_bad[20:] > h_bad[20:].min())
+      assert above.sum() > 20
+      np.testing.assert_allclose(h_bad[20:][above], h_clean[20:][above], rtol=1e-9)
+
+
+def test_boosting_gradients_accept_integer_predictions():
+  grad, hess = otsort.losses.spearman_grad_hess(np.arange(10), np.arange(10.0)[::-1], epsilon=1.0)
+  assert grad.dtype == np.float64 and np.all(np.isfinite(grad)) and np.all(hess > 0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(hessian="bad"), r"hessian must be one of 'diagonal', 'constant'; got hessian = 'bad'"),
+    (dict(epsilonn=0.1), r"unknown option\(s\) 'epsilonn' for backend='pav'"),
+    (dict(epsilon=-1.0), r"epsilon must be a positive finite number"),
+    (dict(num_probes=0), r"num_probes must be a positive int"),
+    (dict(backend="sinkorn"), r"backend must be one of"),
+])
+def test_a_boosting_objective_checks_its_arguments_when_it_is_made(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    otsort.losses.spearman_boosting_objective(**kwargs)

@@ -86,11 +86,19 @@ def project_scores(x: jax.Array, epsilon: jax.Array, kl: bool, topk: int, impl: 
 
 
 def _scores_jacobian(r: jax.Array, block: jax.Array, kl: bool) -> Callable[[jax.Array], jax.Array]:
-  """v -> J v, the Jacobian of P(z, w) in z at the solution ``r`` (linear in v)."""
+  """v -> J v, the Jacobian of P(z, w) in z at the solution ``r`` (linear in v).
+
+  J is exactly 0 on one-element blocks, written as a mask rather than left to ``v - mean(v)``: XLA may compute
+  the two ``v`` in different fusions (``ct / epsilon`` as a reciprocal product in one, contracted into a fused
+  multiply-add in the other), and their difference would then be rounding noise instead of 0."""
+  pooled = _gather(_block_sums(jnp.ones_like(r), block), block) > 1
+  # v * 0 keeps the map linear (so it transposes) and turns into NaN on a NaN row (a non-finite input), whose
+  # derivatives are NaN like its values.
+  alone = jnp.where(jnp.isnan(r), jnp.nan, 0).astype(r.dtype)
   if kl:
     # r = softmax_B(z) * sum_B(w): dr = r * (dz - sum_B softmax_B(z) dz), and softmax_B(z) = r / sum_B r.
-    return lambda v: r * (v - _block_weighted_mean(v, r, block, block))
-  return lambda v: v - _block_weighted_mean(v, jnp.ones_like(v), block, block)
+    return lambda v: jnp.where(pooled, r * (v - _block_weighted_mean(v, r, block, block)), v * alone)
+  return lambda v: jnp.where(pooled, v - _block_weighted_mean(v, jnp.ones_like(v), block, block), v * alone)
 
 
 @functools.partial(project_scores.defjvp, symbolic_zeros=True)
@@ -141,6 +149,7 @@ def _project_sort_jvp(kl, impl, primals, tangents):
       weights = jnp.exp(out - top)
     else:
       weights = jnp.ones_like(out)
-    centred = out - _block_weighted_mean(out, weights, block_out, block_out)
+    pooled = _gather(_block_sums(jnp.ones_like(out), block_out), block_out) > 1
+    centred = jnp.where(pooled, out - _block_weighted_mean(out, weights, block_out, block_out), 0)
     dout = dout - centred * (depsilon / epsilon)
   return (out, block_in, block_out), (dout, _int_tangent(block_in), _int_tangent(block_out))
