@@ -3,32 +3,62 @@
 Two interchangeable backends behind one API: ``pav`` (projections onto the permutahedron, Blondel et al.,
 ICML 2020) and ``sinkhorn`` (entropic optimal transport, Cuturi et al., NeurIPS 2019). Every operation works
 along ``axis`` (the last by default) of an array of any shape.
+
+The names below are imported on first use (PEP 562), so that ``import otsort`` does not load JAX until an
+operation is asked for: the command line can then answer Ctrl-C during start-up with one line.
 """
 
-from otsort import filters
-from otsort import losses
-from otsort._api import quantile
-from otsort._api import quantile_normalization
-from otsort._api import quantize
-from otsort._api import ranks
-from otsort._api import sort
-from otsort._api import sort_with
-from otsort._api import topk
-from otsort._api import topk_mask
-from otsort.sinkhorn import TargetMeasure
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+import importlib.metadata
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "TargetMeasure",
-    "filters",
-    "losses",
-    "quantile",
-    "quantile_normalization",
-    "quantize",
-    "ranks",
-    "sort",
-    "sort_with",
-    "topk",
-    "topk_mask",
-]
+if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports the same names lazily
+  from otsort import filters
+  from otsort import losses
+  from otsort._api import quantile
+  from otsort._api import quantile_normalization
+  from otsort._api import quantize
+  from otsort._api import ranks
+  from otsort._api import sort
+  from otsort._api import sort_with
+  from otsort._api import topk
+  from otsort._api import topk_mask
+  from otsort.sinkhorn import TargetMeasure
+
+try:
+  __version__ = importlib.metadata.version("otsort")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+  __version__ = "0+unknown"
+
+# public name -> the module that defines it (None: a submodule of that name)
+_WHERE = {
+    "TargetMeasure": "otsort.sinkhorn",
+    "filters": None,
+    "losses": None,
+    "quantile": "otsort._api",
+    "quantile_normalization": "otsort._api",
+    "quantize": "otsort._api",
+    "ranks": "otsort._api",
+    "sort": "otsort._api",
+    "sort_with": "otsort._api",
+    "topk": "otsort._api",
+    "topk_mask": "otsort._api",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _WHERE:
+    raise AttributeError(f"module 'otsort' has no attribute {name!r}")
+  module = _WHERE[name]
+  value = importlib.import_module(f"otsort.{name}") if module is None else getattr(importlib.import_module(module),
+                                                                                  name)
+  globals()[name] = value  # later lookups skip __getattr__
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))

@@ -316,6 +316,25 @@ def test_ctrl_c_during_a_long_computation_exits_at_once(tmp_path):
   assert sorted(path.name for path in tmp_path.iterdir()) == ["big.png"]
 
 
+def test_ctrl_c_while_jax_is_imported_exits_130_with_one_line():
+  # `import otsort` no longer imports JAX (the package's names load on first use), so the command line's own
+  # handler is in place before the seconds of importing JAX start.
+  script = "import sys; from otsort import _cli; assert 'jax' not in sys.modules; print('ready', flush=True); " \
+           "sys.exit(_cli.main(['demo']))"
+  process = subprocess.Popen([sys.executable, "-c", script], cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  try:
+    assert process.stdout.readline() == "ready\n"
+    time.sleep(0.2)  # inside the import of JAX (which takes seconds), before any output
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+  finally:
+    process.kill()
+  stderr = process.stderr.read()
+  assert process.returncode == 130, (process.returncode, stderr)
+  assert stderr == "otsort demo: interrupted\n"
+
+
 def test_compare_writes_its_table_and_plots(tmp_path, capsys):
   previous = os.umask(0o027)
   try:
