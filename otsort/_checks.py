@@ -88,6 +88,7 @@ def epsilon_array(epsilon: Any, batch_shape: tuple[int, ...], axis: int, dtype: 
     tiny = np.finfo(np.dtype(dtype)).tiny
     if cast.size and not np.all(np.isfinite(cast) & (cast >= tiny)):
       bad = np.asarray(value).ravel()[~(np.isfinite(cast) & (cast >= tiny)).ravel()][0]
-      raise ValueError(f"epsilon must be a positive finite number, at least the smallest normal "
-                       f"{np.dtype(dtype).name} number {tiny:.3g} (x's compute dtype); got epsilon = {bad.item()!r}")
+      raise ValueError(f"epsilon must be a positive finite number; got epsilon = {bad.item()!r} (at least "
+                       f"{tiny:.3g}, the smallest normal number of x's compute dtype {np.dtype(dtype).name}: XLA "
+                       f"flushes smaller ones to zero)")
   return jnp.broadcast_to(jnp.asarray(value, dtype), batch_shape)
