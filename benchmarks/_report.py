@@ -36,7 +36,14 @@ def environment() -> dict:
   import otsort
 
   versions["otsort"] = otsort.__version__
+  priority = {"nice": os.getpriority(os.PRIO_PROCESS, 0), "autogroup_nice": None}
+  try:  # Linux with CONFIG_SCHED_AUTOGROUP: "/autogroup-42 nice 0"
+    with open("/proc/self/autogroup") as autogroup:
+      priority["autogroup_nice"] = int(autogroup.read().split()[-1])
+  except (OSError, ValueError, IndexError):
+    pass
   return {
+      "priority": priority,
       "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "cpu": model,
       "cores": len(os.sched_getaffinity(0)),
@@ -235,12 +242,17 @@ def markdown(env: dict, cells: list[Cell], scaling: dict | None, memory: list[di
               f"{threads.get('torch')} (`torch.set_num_threads`)"
               + ("" if threads.get("torch") == threads.get("xla") else " **differs from XLA's: ratios to the "
                  "torch anchors are not same-threads and their targets are not judged**") + ".", ""]
+  priority = env.get("priority") or {}
+  raised = min(priority.get("nice") or 0, priority.get("autogroup_nice") or 0) < 0
+  if priority:
+    lines += [f"Scheduling: nice {priority.get('nice')}, autogroup nice {priority.get('autogroup_nice')}"
+              + (" (raised above the other work on the machine)." if raised else "."), ""]
   if load:
+    busy = load[0] >= BUSY_LOAD and not raised
     lines += [f"Load average (1, 5, 15 min) at the start {load}, at the end {env.get('load_average_end')}."
               + (f" **Other work was running** (1-min load {load[0]} on {env['cores']} cores before the run): "
                  "torch's OpenMP threads stall when the cores are oversubscribed, far more than XLA's pool "
-                 "(see README), so the ratios to the torch rows of this run are not reliable." if load[0] >= BUSY_LOAD
-                 else ""), ""]
+                 "(see README), so the ratios to the torch rows of this run are not reliable." if busy else ""), ""]
   lines += ["float32, inputs standard normal, `jit`; times are medians, ms per call; the cells of one batch x n are "
             "timed together, their samples interleaved. Ratios, all from this run: to `jnp.argsort` forward and "
             "to `torch.sort` forward (values and indices) at the same batch x n, and to torchsort's same op and "
