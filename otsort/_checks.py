@@ -4,7 +4,6 @@ argument, the value it got and the values it allows, at trace time."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from typing import Any, Sequence
 
@@ -25,26 +24,6 @@ def check_option_names(backend: str, options: dict, options_type: type) -> None:
   if unknown:
     raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for backend={backend!r}; "
                      f"its options are {', '.join(map(repr, allowed))}")
-
-
-def static_float(name: str, value: Any) -> float:
-  """A Python float from a Python or NumPy real scalar (or a concrete 0-d array); rejects tracers."""
-  if isinstance(value, jax.core.Tracer):
-    raise ValueError(f"{name} must be a static Python number, not a traced value: it selects the solver's "
-                     f"behaviour at trace time; pass it as a Python float (or mark it static under jit)")
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray, jax.Array)):
-    raise ValueError(f"{name} must be a real scalar; got {name} = {value!r}")
-  array = np.asarray(value)
-  if array.ndim != 0 or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-    raise ValueError(f"{name} must be a real scalar; got {name} with shape {array.shape} and dtype {array.dtype}")
-  return float(array)
-
-
-def positive_finite(name: str, value: Any) -> float:
-  number = static_float(name, value)
-  if not math.isfinite(number) or number <= 0:
-    raise ValueError(f"{name} must be a positive finite number; got {name} = {value!r}")
-  return number
 
 
 def normalize_axis(axis: Any, ndim: int) -> int:

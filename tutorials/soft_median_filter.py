@@ -89,7 +89,8 @@ print(f"image: {clean.shape[0]} x {clean.shape[1]}, {np.mean((u < 0.05) | (u > 0
 # %% [markdown]
 # ## The filters
 #
-# The soft filters are compiled once per configuration (`size`, `epsilon` and `backend` are static).
+# The soft filters are compiled once per configuration (`size` and `backend` are static; `epsilon` is an ordinary
+# argument, so trying several values compiles nothing new).
 #
 # Scale of `epsilon` for `pav`: a window is sorted exactly when none of its consecutive sorted values are more
 # than `1 / epsilon` apart. Pixels are in [0, 1], so any `epsilon <= 1` gives back the hard median, and the
@@ -98,9 +99,11 @@ print(f"image: {clean.shape[0]} x {clean.shape[1]}, {np.mean((u < 0.05) | (u > 0
 
 
 # %%
+_median_filter = jax.jit(filters.median_filter, static_argnames=("size", "backend"))
+
+
 def soft_median(image: np.ndarray, epsilon: float, backend: str) -> np.ndarray:
-  fn = jax.jit(filters.median_filter, static_argnames=("size", "epsilon", "backend"))
-  return np.asarray(fn(jnp.asarray(image), size=3, epsilon=epsilon, backend=backend))
+  return np.asarray(_median_filter(jnp.asarray(image), size=3, epsilon=epsilon, backend=backend))
 
 
 def sinkhorn_available() -> bool:
