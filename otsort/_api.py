@@ -29,6 +29,7 @@ import numpy as np
 from otsort import _checks
 from otsort.pav import _backend as _pav
 from otsort.sinkhorn import _backend as _sinkhorn
+from otsort.sinkhorn import _targets as _sinkhorn_targets
 
 _MODULES = {"pav": _pav, "sinkhorn": _sinkhorn}
 BACKENDS = tuple(_MODULES)
@@ -363,8 +364,27 @@ def quantize(x: ArrayLike, num_levels: int, *, axis: int = -1, epsilon: ArrayLik
     Cuturi, Teboul, Vert, "Differentiable Ranks and Sorting using Optimal Transport", NeurIPS 2019.
   """
   _sinkhorn_only("quantize", backend)
+  num_levels = _check_num_levels(num_levels)
   call = _Call(x, axis, backend, epsilon, options)
+  _sinkhorn.reject_custom_target(call.options, "quantize")
   return call.run(call.module.quantize, call.n, num_levels=num_levels)
+
+
+def _check_num_levels(num_levels: Any) -> int:
+  """``num_levels`` as a Python int >= 2: an int, a NumPy integer or a concrete 0-d integer array."""
+  value = num_levels
+  if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer) and value.ndim == 0:
+    value = np.asarray(value)[()]
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 2:
+    raise ValueError(f"num_levels must be an int >= 2 (a Python or NumPy integer, or a concrete 0-d integer "
+                     f"array; it fixes the number of targets, so it cannot be traced); got num_levels = "
+                     f"{num_levels!r}")
+  return int(value)
+
+
+def _check_real(name: str, value: jax.Array) -> None:
+  if jnp.issubdtype(value.dtype, jnp.complexfloating):
+    raise ValueError(f"{name} must be real; got dtype {value.dtype}")
 
 
 def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis: int = -1,
@@ -388,12 +408,15 @@ def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis:
   """
   _sinkhorn_only("sort_with", backend)
   call = _Call(x, axis, backend, epsilon, options)
-  values = jnp.asarray(values, call.compute_dtype)
+  values = jnp.asarray(values)
+  _check_real("values", values)
+  values = values.astype(call.compute_dtype)
   if values.shape[:len(call.shape)] != call.shape:
     raise ValueError(f"values must have x's shape {call.shape} followed by feature dimensions; got "
                      f"values.shape = {values.shape}")
   if topk is not None:
     topk = call.check_k(topk)
+    _sinkhorn.reject_custom_target(call.options, "sort_with(topk=k)")
   moved = jnp.moveaxis(values, call.axis, call.x.ndim - 1)
   return call.run(_sort_with_rows, topk or call.n, aligned=(moved,), features=values.shape[call.x.ndim:],
                   topk=topk)
@@ -412,8 +435,11 @@ def quantile_normalization(x: ArrayLike, targets: ArrayLike, *, weights: ArrayLi
 
   Args:
     x: input array ``[..., n, ...]``.
-    targets: ``[m]`` values, sorted increasingly, that the rows are mapped onto.
-    weights: ``None`` (uniform) or ``[m]`` positive weights summing to 1 (concrete values).
+    targets: ``[m]`` values, ``m >= 2``, finite and sorted increasingly (non-decreasing), that the rows are
+      mapped onto. A concrete ``targets`` is checked; a traced one (under ``jit`` or ``grad`` with respect to
+      it) can only be checked for its shape: unsorted or non-finite traced targets give a result that does not
+      keep the order of the rows, or NaN.
+    weights: ``None`` (uniform) or ``[m]`` positive, finite weights summing to 1 (concrete values).
     axis: the axis to normalize along.
     epsilon: entropic regularization, > 0; ``None`` for the default 1e-2.
     backend: ``"sinkhorn"``.
@@ -428,8 +454,28 @@ def quantile_normalization(x: ArrayLike, targets: ArrayLike, *, weights: ArrayLi
   """
   _sinkhorn_only("quantile_normalization", backend)
   call = _Call(x, axis, backend, epsilon, options)
-  targets = jnp.asarray(targets, call.compute_dtype)
-  if targets.ndim != 1:
-    raise ValueError(f"targets must be a 1-D array [m]; got targets.shape = {targets.shape}")
-  weights = None if weights is None else tuple(float(w) for w in np.asarray(weights, np.float64).reshape(-1))
+  _sinkhorn.reject_custom_target(call.options, "quantile_normalization")
+  targets = _check_targets(targets, call.compute_dtype)
+  if weights is not None:
+    weights = _sinkhorn_targets.check_weights(weights, name="weights", length=targets.shape[0])
   return call.run(call.module.quantile_normalization, call.n, shared=(targets,), weights=weights)
+
+
+def _check_targets(targets: Any, dtype: Any) -> jax.Array:
+  """``quantile_normalization``'s targets: ``[m]``, ``m >= 2``, real; if concrete, finite and non-decreasing."""
+  if isinstance(targets, (str, bytes)):
+    raise ValueError(f"targets must be a 1-D array of at least 2 real values; got targets = {targets!r}")
+  array = jnp.asarray(targets)
+  _check_real("targets", array)
+  if array.ndim != 1 or array.shape[0] < 2:
+    raise ValueError(f"targets must be a 1-D array [m] of at least 2 values; got targets.shape = {array.shape}")
+  if not isinstance(targets, jax.core.Tracer) and not isinstance(array, jax.core.Tracer):
+    value = np.asarray(array, np.float64)
+    if not np.all(np.isfinite(value)):
+      raise ValueError(f"targets must be finite; got targets = {value.tolist()}")
+    if np.any(np.diff(value) < 0):
+      at = int(np.flatnonzero(np.diff(value) < 0)[0])
+      raise ValueError(f"targets must be sorted in non-decreasing order (the rows are mapped onto them in order); "
+                       f"got targets[{at}] = {float(value[at])!r} > targets[{at + 1}] = {float(value[at + 1])!r} in targets = "
+                       f"{value.tolist()}")
+  return array.astype(dtype)

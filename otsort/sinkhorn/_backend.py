@@ -226,7 +226,7 @@ def _sort_target(n: int, options: SinkhornOptions) -> TargetMeasure:
   return TargetMeasure.uniform(options.num_targets or n)
 
 
-def _reject_custom_target(options: SinkhornOptions, op: str) -> None:
+def reject_custom_target(options: SinkhornOptions, op: str) -> None:
   if options.has_custom_target:
     raise ValueError(
         f"{op} builds its own target measure; the options target, "
@@ -365,7 +365,7 @@ def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: ArrayLike,
   """
   _check_rows(x)
   eps = _row_epsilons(epsilon, x)
-  _reject_custom_target(options, "quantile")
+  reject_custom_target(options, "quantile")
   q = tuple(float(v) for v in q)
   n = x.shape[1]
   if n == 1:
@@ -402,7 +402,7 @@ def topk(x: jax.Array, k: int, *, epsilon: ArrayLike,
   """
   _check_rows(x)
   eps = _row_epsilons(epsilon, x)
-  _reject_custom_target(options, "topk")
+  reject_custom_target(options, "topk")
   n = x.shape[1]
   if k >= n:
     return sort(x, descending=True, epsilon=eps, options=options)
@@ -440,7 +440,7 @@ def topk_mask(x: jax.Array, k: int, *, epsilon: ArrayLike,
   """
   _check_rows(x)
   eps = _row_epsilons(epsilon, x)
-  _reject_custom_target(options, "topk_mask")
+  reject_custom_target(options, "topk_mask")
   n = x.shape[1]
   if k >= n:
     return jnp.ones_like(x)
@@ -473,7 +473,7 @@ def quantize(x: jax.Array, num_levels: int, *, epsilon: ArrayLike,
   """
   _check_rows(x)
   eps = _row_epsilons(epsilon, x)
-  _reject_custom_target(options, "quantize")
+  reject_custom_target(options, "quantize")
   _check_int("num_levels", num_levels, low=2)
   if x.shape[1] == 1:
     return x
@@ -520,7 +520,7 @@ def sort_with(x: jax.Array, other: jax.Array, topk: Optional[int], *,
   if topk is None:
     measure, start, descending = _sort_target(n, options), 0, False
   else:
-    _reject_custom_target(options, "sort_with(topk=k)")
+    reject_custom_target(options, "sort_with(topk=k)")
     if topk >= n:
       measure, start = TargetMeasure.uniform(n), 0
     else:
@@ -560,7 +560,7 @@ def quantile_normalization(x: jax.Array, targets: jax.Array,
   """
   _check_rows(x)
   eps = _row_epsilons(epsilon, x)
-  _reject_custom_target(options, "quantile_normalization")
+  reject_custom_target(options, "quantile_normalization")
   targets = jnp.asarray(targets, dtype=x.dtype)
   if targets.ndim == 1:
     targets = jnp.broadcast_to(targets, (x.shape[0], targets.shape[0]))

@@ -218,6 +218,7 @@ def quantile_targets(
   Returns:
     ``(measure, index)`` where ``index[i]`` is the target reading out ``q[i]``.
   """
+  _check_int("num_points", num_points, low=1)
   q = _as_float_tuple("q", q)
   if min(q) < 0.0 or max(q) > 1.0:
     raise ValueError(f"q must lie in [0, 1]; got {list(q)}")

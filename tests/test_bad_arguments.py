@@ -1,0 +1,106 @@
+"""Bad arguments of the sinkhorn-only operations are refused, with a message naming the argument (issue 14).
+
+A refused argument compiles nothing, so these tests are fast; each one failed before its fix.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import otsort
+from otsort.sinkhorn import TargetMeasure
+
+X = jnp.array([[3.0, 1.0, 2.0, 0.5]])
+
+
+# quantile_normalization: targets and weights
+
+
+@pytest.mark.parametrize("targets, message", [
+    ([3.0, 2.0, 1.0], "targets must be sorted in non-decreasing order"),
+    ([1.0, float("nan"), 3.0], "targets must be finite"),
+    ([1.0, float("inf"), 3.0], "targets must be finite"),
+    ([[1.0, 2.0, 3.0]], "targets must be a 1-D array"),
+    ([1.0], "targets must be a 1-D array [m] of at least 2 values"),
+    (2.0, "targets must be a 1-D array"),
+    ([1.0 + 1j, 2.0], "targets must be real; got dtype complex"),
+])
+def test_quantile_normalization_refuses_bad_targets(targets, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    otsort.quantile_normalization(X, jnp.asarray(targets) if not isinstance(targets, float) else targets)
+
+
+def test_quantile_normalization_unsorted_targets_message_shows_where():
+  with pytest.raises(ValueError, match=re.escape("got targets[1] = 3.0 > targets[2] = 2.0")):
+    otsort.quantile_normalization(X, np.array([1.0, 3.0, 2.0]))
+
+
+def test_quantile_normalization_accepts_ties_in_targets_and_traced_targets():
+  out = otsort.quantile_normalization(X, [0.0, 1.0, 1.0, 2.0])
+  assert out.shape == X.shape and bool(jnp.all(jnp.isfinite(out)))
+  traced = jax.jit(lambda t: otsort.quantile_normalization(X, t))(jnp.array([0.0, 1.0, 2.0, 3.0]))
+  np.testing.assert_allclose(traced, otsort.quantile_normalization(X, [0.0, 1.0, 2.0, 3.0]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([[0.3, 0.3, 0.4]], "weights must be a non-empty 1-D sequence; got shape (1, 3)"),
+    ([0.5, float("nan"), 0.5], "weights must be finite"),
+    ([0.5, 0.6, -0.1], "weights must all be positive"),
+    ([0.3, 0.3, 0.3], "weights must sum to 1"),
+    ([0.5, 0.5], "weights must have length 3; got length 2"),
+])
+def test_quantile_normalization_refuses_bad_weights(weights, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    otsort.quantile_normalization(X, [0.0, 1.0, 2.0], weights=np.asarray(weights))
+
+
+# sort_with: complex values
+
+
+def test_sort_with_refuses_complex_values():
+  with pytest.raises(ValueError, match=re.escape("values must be real; got dtype complex64")):
+    otsort.sort_with(X, X + 1j)
+
+
+# quantize: num_levels
+
+
+@pytest.mark.parametrize("num_levels", [np.int32(3), np.array(3), jnp.array(3)])
+def test_quantize_accepts_numpy_integer_scalars_and_0d_integer_arrays(num_levels):
+  np.testing.assert_array_equal(otsort.quantize(X, num_levels), otsort.quantize(X, 3))
+
+
+@pytest.mark.parametrize("num_levels", [np.array(3.0), np.array([3]), 2.5, True, 1, "3", None])
+def test_quantize_refuses_bad_num_levels(num_levels):
+  with pytest.raises(ValueError, match=re.escape("num_levels must be an int >= 2") + ".*got num_levels = "):
+    otsort.quantize(X, num_levels)
+
+
+# Empty inputs: the arguments are checked before the empty shortcut
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x: otsort.quantize(x, -5), "num_levels must be an int >= 2"),
+    (lambda x: otsort.quantize(x, 3, target_weights=[0.5, 0.5]), "quantize builds its own target measure"),
+    (lambda x: otsort.sort_with(x, jnp.zeros(x.shape, jnp.complex64)), "values must be real"),
+    (lambda x: otsort.sort_with(x, jnp.zeros((3, 1))), "values must have x's shape"),
+    (lambda x: otsort.quantile_normalization(x, [2.0, 1.0]), "targets must be sorted"),
+    (lambda x: otsort.quantile_normalization(x, [1.0, 2.0], weights=[0.5]), "weights must have length 2"),
+    (lambda x: otsort.quantile_normalization(x, [1.0, 2.0], num_targets=2),
+     "quantile_normalization builds its own target measure"),
+])
+def test_empty_inputs_still_check_arguments(call, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    call(jnp.zeros((2, 0)))
+
+
+# Target measures
+
+
+@pytest.mark.parametrize("num_points", [0, -1, 2.0])
+def test_quantile_targets_refuse_bad_num_points(num_points):
+  with pytest.raises(ValueError, match="num_points must be"):
+    TargetMeasure.quantiles([0.5], num_points)
