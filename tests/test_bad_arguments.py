@@ -104,3 +104,27 @@ def test_empty_inputs_still_check_arguments(call, message):
 def test_quantile_targets_refuse_bad_num_points(num_points):
   with pytest.raises(ValueError, match="num_points must be"):
     TargetMeasure.quantiles([0.5], num_points)
+
+
+# Finite inputs with an accepted epsilon give finite values and gradients (sinkhorn)
+
+
+def _finite_value_and_grads(x, epsilon):
+  loss = lambda x, e: jnp.sum(otsort.sort(x, epsilon=e, backend="sinkhorn") * jnp.arange(1.0, x.shape[-1] + 1))
+  value = otsort.sort(x, epsilon=epsilon, backend="sinkhorn")
+  gx, ge = jax.grad(loss, argnums=(0, 1))(x, jnp.asarray(epsilon, x.dtype))
+  return value, gx, ge
+
+
+def test_sinkhorn_float32_rows_near_the_largest_float_are_finite_and_sorted():
+  x = jnp.array([[3e38, -3e38, 1.0]], jnp.float32)
+  value, gx, ge = _finite_value_and_grads(x, 1e-2)
+  assert bool(jnp.all(jnp.isfinite(value))) and bool(jnp.all(jnp.isfinite(gx))) and bool(jnp.isfinite(ge))
+  np.testing.assert_allclose(value[0, [0, 2]], [-3e38, 3e38], rtol=1e-3)
+
+
+@pytest.mark.parametrize("epsilon", [1e30, 3e38])
+def test_sinkhorn_huge_epsilon_gives_the_mean_and_finite_gradients(epsilon):
+  value, gx, ge = _finite_value_and_grads(X, epsilon)
+  np.testing.assert_allclose(value, jnp.full_like(X, jnp.mean(X)), rtol=1e-5)
+  assert bool(jnp.all(jnp.isfinite(gx))) and bool(jnp.isfinite(ge))

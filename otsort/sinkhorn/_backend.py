@@ -244,6 +244,53 @@ def _row_transport(x_row, measure: TargetMeasure, epsilon: jax.Array,
                               epsilon=epsilon, **options.solver_kwargs())
 
 
+@jax.custom_vjp
+def _to_unit(x, root):
+  """``x / root**2``, differentiated as the identity; pairs with :func:`_from_unit`."""
+  return x / root / root  # Two steps: 1 / root**2 may be subnormal, flushed.
+
+
+def _to_unit_fwd(x, root):
+  return _to_unit(x, root), root
+
+
+def _to_unit_bwd(root, g):
+  return g, jnp.zeros_like(root)
+
+
+_to_unit.defvjp(_to_unit_fwd, _to_unit_bwd)
+
+
+@jax.custom_vjp
+def _from_unit(y, root):
+  """``y * root**2``, differentiated as the identity; pairs with :func:`_to_unit`."""
+  return y * root * root
+
+
+_from_unit.defvjp(lambda y, root: (_from_unit(y, root), root), _to_unit_bwd)
+
+
+def _scale_free(readout, options: SinkhornOptions):
+  r"""``readout(x)`` computed as :math:`s\,	ext{readout}(x / s)`, :math:`s = \max |x|`.
+
+  With the sigmoid squashing (scale-invariant) the sort-like readouts are
+  positively homogeneous, so this is the same function, and its derivative
+  is the readout's at :math:`x / s`: the scale cancels and is never formed.
+  Computed directly, the derivative's intermediate terms (the cotangent of
+  the plan, :math:`(x_i - 	ext{out}_j) / c_j`) overflow for float32 rows
+  near 3e38 and the gradient is NaN.
+  """
+  if not (isinstance(options.squashing, str) and options.squashing == "sigmoid"):
+    return readout
+
+  def scaled(xr, *rest):
+    s = jax.lax.stop_gradient(jnp.max(jnp.abs(xr)))
+    root = jnp.sqrt(jnp.where((s > 0) & jnp.isfinite(s), s, 1.0))
+    return _from_unit(readout(_to_unit(xr, root), *rest), root)
+
+  return scaled
+
+
 def _map_rows(fn, *args):
   """Applies ``fn`` to each row (leading axis) of every argument."""
   return jax.vmap(fn)(*args)
@@ -306,7 +353,7 @@ def sort(x: jax.Array, *, descending: bool, epsilon: ArrayLike,
   def row(xr, er):
     return _readouts.sort(_row_transport(xr, measure, er, options), xr)
 
-  out = _map_rows(row, x, eps)
+  out = _map_rows(_scale_free(row, options), x, eps)
   return out[:, ::-1] if descending else out
 
 
@@ -377,7 +424,7 @@ def quantile(x: jax.Array, q: tuple[float, ...], *, epsilon: ArrayLike,
     tr = _row_transport(xr, measure, er, options)
     return _readouts.sort(tr, xr)[index]
 
-  return _map_rows(row, x, eps)
+  return _map_rows(_scale_free(row, options), x, eps)
 
 
 def topk(x: jax.Array, k: int, *, epsilon: ArrayLike,
@@ -412,7 +459,7 @@ def topk(x: jax.Array, k: int, *, epsilon: ArrayLike,
     tr = _row_transport(xr, measure, er, options)
     return _readouts.sort(tr, xr)[1:]
 
-  return _map_rows(row, x, eps)[:, ::-1]
+  return _map_rows(_scale_free(row, options), x, eps)[:, ::-1]
 
 
 def topk_mask(x: jax.Array, k: int, *, epsilon: ArrayLike,
@@ -482,7 +529,7 @@ def quantize(x: jax.Array, num_levels: int, *, epsilon: ArrayLike,
   def row(xr, er):
     return _readouts.quantize(_row_transport(xr, measure, er, options), xr)
 
-  return _map_rows(row, x, eps)
+  return _map_rows(_scale_free(row, options), x, eps)
 
 
 def sort_with(x: jax.Array, other: jax.Array, topk: Optional[int], *,

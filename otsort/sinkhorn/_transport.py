@@ -120,6 +120,14 @@ def sigmoid_zscore(x: jax.Array) -> jax.Array:
   Returns:
     ``[n]`` values in :math:`(0, 1)`.
   """
+  # The z-score does not change when x is multiplied by a positive constant:
+  # divide by max |x| first, so that the mean and the squares cannot overflow
+  # (float32 rows near 3e38). A constant factor, so no gradient through it.
+  # Divided in two steps by sqrt(max |x|): XLA may divide by multiplying with
+  # the reciprocal, and 1 / 3e38 is subnormal, which it flushes to zero.
+  scale = jax.lax.stop_gradient(jnp.max(jnp.abs(x)))
+  root = jnp.sqrt(jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0))
+  x = x / root / root
   centred = x - jnp.mean(x)
   var = jnp.mean(centred**2)
   positive = var > 0
@@ -331,7 +339,14 @@ def transport(
   y = jnp.asarray(np.asarray(locations), dtype=dtype)
   a = jnp.full((n,), 1.0 / n, dtype=dtype)
   b = jnp.asarray(np.asarray(weights), dtype=dtype)
-  epsilon = jnp.asarray(epsilon, dtype=dtype)
+  # Above sqrt(max float) (1.8e19 in float32) the kernel exp(-C / epsilon)
+  # is 1 to rounding for any cost below 1e12 (the sigmoid squashing's is
+  # below 1): the plan is the independent coupling a b^T. Past it, the
+  # solver's epsilon * log(scaling) overflows (NaN at epsilon = 3e38 in
+  # float32), so the larger epsilons are computed as that one; the
+  # derivative with respect to epsilon, below 1 / epsilon^2, is 0 there.
+  epsilon = jnp.minimum(jnp.asarray(epsilon, dtype=dtype),
+                        float(np.sqrt(np.finfo(dtype).max)))
 
   implicit_diff = _IMPLICIT if differentiation == "implicit" else None
   if initializer == "monotone":
