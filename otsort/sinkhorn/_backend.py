@@ -270,6 +270,18 @@ def _from_unit(y, root):
 _from_unit.defvjp(lambda y, root: (_from_unit(y, root), root), _to_unit_bwd)
 
 
+@jax.custom_vjp
+def _scaled_cotangent(e, root):
+  """``e`` itself, whose cotangent is multiplied by ``root**2``: the other
+  arguments of a readout wrapped by :func:`_scale_free` (epsilon)."""
+  return e
+
+
+_scaled_cotangent.defvjp(
+    lambda e, root: (e, root),
+    lambda root, g: (g * root * root, jnp.zeros_like(root)))
+
+
 def _scale_free(readout, options: SinkhornOptions):
   r"""``readout(x)`` computed as :math:`s\,	ext{readout}(x / s)`, :math:`s = \max |x|`.
 
@@ -286,6 +298,7 @@ def _scale_free(readout, options: SinkhornOptions):
   def scaled(xr, *rest):
     s = jax.lax.stop_gradient(jnp.max(jnp.abs(xr)))
     root = jnp.sqrt(jnp.where((s > 0) & jnp.isfinite(s), s, 1.0))
+    rest = tuple(_scaled_cotangent(r, root) for r in rest)
     return _from_unit(readout(_to_unit(xr, root), *rest), root)
 
   return scaled
