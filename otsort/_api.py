@@ -351,7 +351,7 @@ def quantize(x: ArrayLike, num_levels: int, *, axis: int = -1, epsilon: ArrayLik
 
   Args:
     x: input array ``[..., n, ...]``.
-    num_levels: the number of levels, >= 2.
+    num_levels: the number of levels, an int >= 2 (a Python or NumPy integer, or a concrete 0-d integer array).
     axis: the axis to quantize along.
     epsilon: entropic regularization, > 0; ``None`` for the default 1e-2.
     backend: ``"sinkhorn"``.
@@ -395,7 +395,8 @@ def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis:
 
   Args:
     x: the criterion ``[..., n, ...]``.
-    values: ``x.shape`` followed by any feature dimensions ``[..., n, ..., *features]``; sorted along ``axis``.
+    values: real, ``x.shape`` followed by any feature dimensions ``[..., n, ..., *features]``; sorted along
+      ``axis`` (complex values are refused: the transport plan is real).
     topk: ``None`` sorts all values in increasing order of ``x``; an int ``k`` keeps the values of the ``k``
       largest criteria, in decreasing order like :func:`topk`.
     axis: the axis of ``x`` (and ``values``) to sort along.

@@ -283,21 +283,21 @@ _scaled_cotangent.defvjp(
 
 
 def _scale_free(readout, options: SinkhornOptions):
-  r"""``readout(x)`` computed as :math:`s\,	ext{readout}(x / s)`, :math:`s = \max |x|`.
+  r"""``readout(x)`` computed as :math:`s\,\text{readout}(x / s)`, :math:`s \approx \max |x|`
+  (a power of two, :func:`~otsort.sinkhorn._transport.scale_root`).
 
   With the sigmoid squashing (scale-invariant) the sort-like readouts are
   positively homogeneous, so this is the same function, and its derivative
   is the readout's at :math:`x / s`: the scale cancels and is never formed.
   Computed directly, the derivative's intermediate terms (the cotangent of
-  the plan, :math:`(x_i - 	ext{out}_j) / c_j`) overflow for float32 rows
+  the plan, :math:`(x_i - \text{out}_j) / c_j`) overflow for float32 rows
   near 3e38 and the gradient is NaN.
   """
   if not (isinstance(options.squashing, str) and options.squashing == "sigmoid"):
     return readout
 
   def scaled(xr, *rest):
-    s = jax.lax.stop_gradient(jnp.max(jnp.abs(xr)))
-    root = jnp.sqrt(jnp.where((s > 0) & jnp.isfinite(s), s, 1.0))
+    root = _transport.scale_root(xr)
     rest = tuple(_scaled_cotangent(r, root) for r in rest)
     return _from_unit(readout(_to_unit(xr, root), *rest), root)
 

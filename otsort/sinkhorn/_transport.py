@@ -80,6 +80,11 @@ adjoint back through the first-order conditions with respect to the whole
 problem pytree, the geometry's epsilon included; :class:`_ImplicitDiff` only
 replaces the linear solve, so that cotangent is kept (checked against finite
 differences in ``tests/test_sinkhorn_epsilon.py``).
+
+Any finite epsilon is accepted: above :math:`\sqrt{\max}` of the dtype
+(1.8e19 in float32) it is computed as that value, where the kernel is 1 to
+rounding and the plan is the independent coupling :math:`a b^\top` (beyond
+it the solver's :math:`\varepsilon \log u` overflows to NaN).
 """
 
 from __future__ import annotations
@@ -109,7 +114,10 @@ _CG_TOL = 1e-5
 def sigmoid_zscore(x: jax.Array) -> jax.Array:
   r"""ott-jax's default squashing, :math:`\sigma((x - \bar x) / (s + 10^{-10}))`.
 
-  Same function as ott-jax, but with a NaN-free gradient when all inputs tie:
+  Same function as ott-jax, computed on :math:`x / \max_i |x_i|` (the same
+  z-scores) so that rows near the largest float do not overflow (the
+  :math:`10^{-10}` guard is then relative to the row's scale), and with a
+  NaN-free gradient when all inputs tie:
   :math:`\sqrt{\cdot}` has an infinite derivative at 0, so ``jnp.std`` of a
   constant row has a NaN gradient. A constant row gets :math:`s := 1` (its
   z-scores are 0 whatever :math:`s` is).
@@ -121,18 +129,29 @@ def sigmoid_zscore(x: jax.Array) -> jax.Array:
     ``[n]`` values in :math:`(0, 1)`.
   """
   # The z-score does not change when x is multiplied by a positive constant:
-  # divide by max |x| first, so that the mean and the squares cannot overflow
-  # (float32 rows near 3e38). A constant factor, so no gradient through it.
-  # Divided in two steps by sqrt(max |x|): XLA may divide by multiplying with
-  # the reciprocal, and 1 / 3e38 is subnormal, which it flushes to zero.
-  scale = jax.lax.stop_gradient(jnp.max(jnp.abs(x)))
-  root = jnp.sqrt(jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0))
+  # bring max |x| near 1 first, so that the mean and the squares cannot
+  # overflow (float32 rows near 3e38).
+  root = scale_root(x)
   x = x / root / root
   centred = x - jnp.mean(x)
   var = jnp.mean(centred**2)
   positive = var > 0
   std = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 1.0)
   return jax.nn.sigmoid(centred / (std + _STD_GUARD))
+
+
+def scale_root(x: jax.Array) -> jax.Array:
+  r"""A power of two :math:`r` with :math:`\max_i |x_i| / r^2 \in [1/4, 1)`.
+
+  Dividing by :math:`r` twice brings a row to the scale of 1 without
+  rounding (powers of two), and without forming :math:`1 / r^2`, which is
+  subnormal for rows near the largest float (XLA may divide by multiplying
+  with the reciprocal, and flushes subnormals to zero). 1 for a row of zeros
+  or with a non-finite value. A constant: not differentiated.
+  """
+  scale = jax.lax.stop_gradient(jnp.max(jnp.abs(x)))
+  scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
+  return jnp.ldexp(jnp.ones_like(scale), jnp.frexp(scale)[1] // 2)
 
 
 def squash(x: jax.Array, squashing: str | Callable) -> jax.Array:
