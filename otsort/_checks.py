@@ -63,8 +63,14 @@ def epsilon_array(epsilon: Any, batch_shape: tuple[int, ...], axis: int, dtype: 
                      f"{tuple(batch_shape)} (one epsilon per row; or x's shape with size 1 along axis); got "
                      f"epsilon.shape = {tuple(value.shape)}")
   if not traced:
-    cast = np.asarray(value, dtype=np.dtype(dtype))
+    with np.errstate(over="ignore"):
+      cast = np.asarray(value, dtype=np.dtype(dtype))
+      overflow = (np.isinf(cast) & np.isfinite(np.asarray(value, np.float64))).ravel()
     tiny = np.finfo(np.dtype(dtype)).tiny
+    if np.any(overflow):
+      raise ValueError(f"epsilon must be a positive finite number in x's compute dtype {np.dtype(dtype).name}, at "
+                       f"most {np.finfo(np.dtype(dtype)).max:.3g}; got epsilon = "
+                       f"{np.asarray(value).ravel()[overflow][0].item()!r}")
     if cast.size and not np.all(np.isfinite(cast) & (cast >= tiny)):
       bad = np.asarray(value).ravel()[~(np.isfinite(cast) & (cast >= tiny)).ravel()][0]
       raise ValueError(f"epsilon must be a positive finite number; got epsilon = {bad.item()!r} (at least "
