@@ -68,6 +68,14 @@ def _block_weighted_mean(values: jax.Array, weights: jax.Array, block_in: jax.Ar
   return _gather(_block_sums(normalized * values, block_in), block_out)
 
 
+def _block_weights(values: jax.Array, block: jax.Array, kl: bool) -> jax.Array:
+  """Ones (L2), or exp(values) within each block (KL), shifted by the block maximum: the shift keeps exp() in
+  range, cancels in every weighted mean, and needs no derivative."""
+  if not kl:
+    return jnp.ones_like(values)
+  return jnp.exp(values - _gather(_block_max(jax.lax.stop_gradient(values), block), block))
+
+
 def _int_tangent(x: jax.Array) -> np.ndarray:
   return np.zeros(x.shape, dtype=jax.dtypes.float0)
 
@@ -133,22 +141,13 @@ def _project_sort_jvp(kl, impl, primals, tangents):
   out, block_in, block_out = project_sort(x, epsilon, kl, impl)
   dout = jnp.zeros_like(out)
   if not _is_zero(dx):
-    if kl:
-      # Each output is LSE_B(x) plus a constant: its derivative is the softmax of x over the block.
-      # The block maximum only shifts the exponent; it keeps exp() in range and needs no derivative.
-      block_max = _gather(_block_max(jax.lax.stop_gradient(x), block_in), block_in)
-      weights = jnp.exp(x - block_max)
-    else:
-      weights = jnp.ones_like(dx)
-    dout = dout + _block_weighted_mean(dx, weights, block_in, block_out)
+    # Each output is a block mean of x (L2), or LSE_B(x) plus a constant (KL): its derivative is the softmax of x
+    # over the block.
+    dout = dout + _block_weighted_mean(dx, _block_weights(x, block_in, kl), block_in, block_out)
   if not _is_zero(depsilon):
     # out = a - v_B with a = rho / epsilon, da = -a depsilon / epsilon. Within a block a - out is constant, so
     # the centred a (L2: minus its block mean; KL: minus its block softmax mean) is the centred output.
-    if kl:
-      top = _gather(_block_max(jax.lax.stop_gradient(out), block_out), block_out)
-      weights = jnp.exp(out - top)
-    else:
-      weights = jnp.ones_like(out)
+    weights = _block_weights(out, block_out, kl)
     pooled = _gather(_block_sums(jnp.ones_like(out), block_out), block_out) > 1
     centred = jnp.where(pooled, out - _block_weighted_mean(out, weights, block_out, block_out), 0)
     dout = dout - centred * (depsilon / epsilon)
