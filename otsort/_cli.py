@@ -1,8 +1,8 @@
 """The ``otsort`` command line.
 
 - ``otsort demo``: the soft operations of a small example, on both backends, as a table.
-- ``otsort filter IN OUT``: a soft quantile (median by default) filter of an image file, written as PNG.
-- ``otsort compare``: the regularization comparison (L2, KL, entropic OT across epsilon), table and plots.
+- ``otsort filter IN OUT``: a soft quantile (median by default) filter of an image file, written as PNG. Image
+  files need Pillow, the ``cli`` extra (``pip install "otsort[cli]"``); the library itself never imports it.
 
 Every error (bad arguments, missing or unreadable files, images over Pillow's decompression-bomb limit, unwritable
 outputs, non-finite results, a missing optional dependency) exits with status 2 and one line
@@ -38,6 +38,11 @@ _DEMO_X = np.array([2.0, -1.0, 0.5, 3.0, 0.7], dtype=np.float32)
 _TEMPORARIES: set[str] = set()
 # Set when the worker thread's computation ends; unset while it runs, when an interrupt must leave with os._exit.
 _WORKER_DONE: threading.Event | None = None
+
+
+# `otsort compare` ran the regularization comparison, which is no longer part of the library.
+_MOVED_COMPARE = ("the regularization comparison moved out of the library: run "
+                  "`python tutorials/comparing_regularizations.py` in a checkout of the repository")
 
 
 class _UsageError(Exception):
@@ -107,9 +112,18 @@ def demo(args: argparse.Namespace) -> None:
       print(_format_row(label, values))
 
 
+def _pillow() -> Any:
+  """``PIL.Image``, or a usage error naming the extra that installs it."""
+  try:
+    from PIL import Image
+  except ImportError:
+    raise _UsageError('image files need Pillow, which is not installed: pip install "otsort[cli]"') from None
+  return Image
+
+
 def _read_image(path: pathlib.Path) -> tuple[np.ndarray, str]:
   """The image as floats in [0, 1], ``[H, W]`` or ``[H, W, 3]``, and the PIL mode to write it back in."""
-  from PIL import Image, UnidentifiedImageError
+  Image = _pillow()
 
   if not path.is_file():
     raise _UsageError(f"cannot read {str(path)!r}: no such file")
@@ -132,7 +146,7 @@ def _read_image(path: pathlib.Path) -> tuple[np.ndarray, str]:
     size = f"{int(found[1])} pixels" if found else "too many pixels"
     raise _UsageError(f"cannot read {str(path)!r}: the image has {size}; the limit is {Image.MAX_IMAGE_PIXELS} "
                       "pixels (Pillow's guard against decompression bombs, PIL.Image.MAX_IMAGE_PIXELS)") from None
-  except (UnidentifiedImageError, OSError, ValueError) as error:
+  except (Image.UnidentifiedImageError, OSError, ValueError) as error:
     raise _UsageError(f"cannot read {str(path)!r} as an image: {error}") from None
 
 
@@ -202,6 +216,7 @@ def _format_bytes(count: int) -> str:
 
 
 def filter_image(args: argparse.Namespace) -> None:
+  Image = _pillow()  # first: the command cannot run without it
   output = pathlib.Path(args.output)
   if output.suffix.lower() != ".png":
     raise _UsageError(f"OUT must be a .png file; got {str(output)!r}")
@@ -218,7 +233,6 @@ def filter_image(args: argparse.Namespace) -> None:
                       "of memory; use a smaller --size")
 
   import otsort.filters
-  from PIL import Image
 
   def run() -> np.ndarray:
     return np.asarray(otsort.filters.quantile_filter(pixels, args.q, size=args.size, epsilon=args.epsilon,
@@ -240,40 +254,6 @@ def filter_image(args: argparse.Namespace) -> None:
     raise _UsageError(f"cannot write OUT {str(output)!r}: {error.strerror or error}") from None
   print(f"wrote {output} ({pixels.shape[1]}x{pixels.shape[0]}, q={args.q:g}, size={args.size}, "
         f"backend={args.backend}, epsilon={'default' if args.epsilon is None else f'{args.epsilon:g}'})")
-
-
-def _new_file_mode() -> int:
-  umask = os.umask(0o077)  # the only way to read it is to set it (to the strictest, for the instant); set it back
-  os.umask(umask)
-  return 0o666 & ~umask
-
-
-def compare(args: argparse.Namespace) -> None:
-  if not args.no_plots:
-    try:
-      import matplotlib  # pylint: disable=import-outside-toplevel,unused-import; checked before minutes of work
-    except ImportError as error:
-      raise _UsageError(f"the plots need {error.name or 'matplotlib'}, which is not installed: "
-                        'pip install "otsort[tutorials]", or pass --no-plots') from None
-  out = pathlib.Path(args.out)
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-  except OSError as error:
-    raise _UsageError(f"cannot create the output folder {str(out)!r}: {error.strerror or error}") from None
-  _check_writable(out / "comparison.md", f"into --out {str(out)!r}")
-  from otsort import _compare
-
-  rows = _compute(lambda: _compare.compare(methods=_compare.available_methods(), **_compare.settings(
-      small=args.small)))
-  print(_compare.markdown_table(rows))
-  try:
-    paths = _compare.write_report(rows, out, plots=not args.no_plots)
-  except OSError as error:
-    raise _UsageError(f"cannot write into --out {str(out)!r}: {error.strerror or error}") from None
-  mode = _new_file_mode()
-  for path in paths:
-    os.chmod(path, mode)  # _compare writes through tempfile.mkstemp, which makes them 0o600
-    print(f"wrote {path}")
 
 
 def _positive_float(text: str) -> float:
@@ -302,8 +282,9 @@ def _parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   demo_parser = commands.add_parser("demo", help="soft operations of a small example on both backends",
-                                    description="Print soft sort, ranks, quantiles, top-k and top-k mask of a "
-                                    "small example, on both backends, beside the hard ones.")
+                                    description="Print the soft sort, ranks, quartiles, top-2 values and top-2 "
+                                    "mask of a small example beside the hard ones, with pav (L2 and KL "
+                                    "regularization) and sinkhorn.")
   demo_parser.add_argument("--epsilon-pav", type=_positive_float, default=0.5, metavar="E",
                            help="epsilon of the pav backend (default: 0.5)")
   demo_parser.add_argument("--epsilon-sinkhorn", type=_positive_float, default=0.05, metavar="E",
@@ -311,28 +292,23 @@ def _parser() -> argparse.ArgumentParser:
   demo_parser.set_defaults(run=demo)
 
   filter_parser = commands.add_parser("filter", help="soft quantile (median) filter of an image file",
-                                      description="Filter an image with a soft quantile filter (the soft median "
-                                      "by default) and write the result as PNG.")
+                                      description="Filter an image (grayscale, or RGB channel by channel) with a "
+                                      "soft quantile filter, the soft median by default, and write the result as "
+                                      "PNG. Needs Pillow: pip install \"otsort[cli]\".")
   filter_parser.add_argument("input", metavar="IN", help="input image (any format Pillow reads, up to "
                              "PIL.Image.MAX_IMAGE_PIXELS pixels)")
   filter_parser.add_argument("output", metavar="OUT", help="output PNG file")
   filter_parser.add_argument("--q", type=_level, default=0.5, help="quantile level in [0, 1] (default: 0.5)")
   filter_parser.add_argument("--size", type=int, default=3,
-                             help="patch size, at most the image's height and width (default: 3)")
+                             help="window side: size x size pixels, at most the image's height and width "
+                             "(default: 3)")
   filter_parser.add_argument("--epsilon", type=_positive_float, default=None,
-                             help="regularization strength (default: the backend's)")
+                             help="regularization strength, > 0 (default: the backend's, 1.0 for pav, 0.01 for "
+                             "sinkhorn)")
   filter_parser.add_argument("--backend", choices=("pav", "sinkhorn"), default="pav",
                              help="soft sorting backend (default: pav)")
   filter_parser.set_defaults(run=filter_image)
 
-  compare_parser = commands.add_parser("compare", help="compare L2, KL and entropic OT across epsilon",
-                                       description="Compare the L2 and KL projections (pav) and entropic "
-                                       "optimal transport (sinkhorn) across an epsilon sweep; write a table "
-                                       "and plots (plots need matplotlib: pip install \"otsort[tutorials]\").")
-  compare_parser.add_argument("--out", default="otsort-compare", help="output folder (default: otsort-compare)")
-  compare_parser.add_argument("--small", action="store_true", help="a quick, smaller sweep")
-  compare_parser.add_argument("--no-plots", action="store_true", help="write the table files only (no matplotlib)")
-  compare_parser.set_defaults(run=compare)
   return parser
 
 
@@ -360,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   prefix = "otsort"
   try:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:  # the command that moved out: say where it went
+      prefix = "otsort compare"
+      raise _UsageError(_MOVED_COMPARE)
     args = parser.parse_args(argv)
     prefix = f"otsort {args.command}"
     args.run(args)

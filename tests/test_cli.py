@@ -6,6 +6,7 @@ call, the demo) pay about 3 s each for importing JAX."""
 
 import os
 import pathlib
+import re
 import signal
 import stat
 import struct
@@ -33,7 +34,7 @@ def _otsort(*args, cwd=None):
                         cwd=cwd or _ROOT, timeout=300)
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["filter"], ["compare"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["filter"]])
 def test_every_command_has_help(command, capsys):
   with pytest.raises(SystemExit) as exit_info:
     _cli.main([*command, "--help"])
@@ -200,29 +201,77 @@ def test_outputs_get_the_mode_open_would_give_them(tmp_path, noisy_image):
     assert result.size == (20, 24)
 
 
-def _block_matplotlib(monkeypatch):
-  for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
+def _block(monkeypatch, package: str) -> None:
+  """Makes ``import package`` (and its submodules) raise ImportError, as on an install without it."""
+  for name in [name for name in sys.modules if name == package or name.startswith(f"{package}.")]:
     monkeypatch.delitem(sys.modules, name)
-  monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+  monkeypatch.setitem(sys.modules, package, None)
 
 
-def test_compare_without_matplotlib_says_what_to_install_before_computing(tmp_path, monkeypatch, capsys):
-  _block_matplotlib(monkeypatch)
+def test_filter_without_pillow_names_the_extra_before_anything_else(tmp_path, noisy_image, monkeypatch, capsys):
+  _block(monkeypatch, "PIL")
+  monkeypatch.setattr(otsort.filters, "quantile_filter", lambda *args, **kwargs: pytest.fail("filtered"))
   with pytest.raises(SystemExit) as exit_info:
-    _cli.main(["compare", "--small", "--out", str(tmp_path / "report")])
+    _cli.main(["filter", str(noisy_image), str(tmp_path / "out.png")])
   assert exit_info.value.code == 2
-  assert capsys.readouterr().err == ("otsort compare: error: the plots need matplotlib, which is not installed: "
-                                     'pip install "otsort[tutorials]", or pass --no-plots\n')
-  assert not (tmp_path / "report").exists()
+  assert capsys.readouterr().err == ('otsort filter: error: image files need Pillow, which is not installed: '
+                                     'pip install "otsort[cli]"\n')
+  assert _left_behind(tmp_path) == []
 
 
-def test_compare_without_plots_needs_no_matplotlib(tmp_path, monkeypatch):
-  from otsort import _compare
+def test_demo_needs_neither_pillow_nor_matplotlib(monkeypatch, capsys):
+  _block(monkeypatch, "PIL")
+  _block(monkeypatch, "matplotlib")
+  monkeypatch.setattr(otsort, "sort", lambda x, **kwargs: np.sort(x))  # no XLA: only the imports are in question
+  for name in ("ranks", "topk_mask"):
+    monkeypatch.setattr(otsort, name, lambda x, *args, **kwargs: np.zeros_like(x))
+  monkeypatch.setattr(otsort, "quantile", lambda x, q, **kwargs: np.quantile(x, q))
+  monkeypatch.setattr(otsort, "topk", lambda x, k, **kwargs: -np.sort(-x)[:k])
+  assert _cli.main(["demo"]) == 0
+  assert "sort (sinkhorn eps=0.05)" in capsys.readouterr().out
 
-  _block_matplotlib(monkeypatch)
-  monkeypatch.setattr(_compare, "compare", lambda **kwargs: [dict.fromkeys(_compare.COLUMNS, 0.5)])  # no sweep
-  assert _cli.main(["compare", "--no-plots", "--out", str(tmp_path)]) == 0
-  assert sorted(path.name for path in tmp_path.iterdir()) == ["comparison.csv", "comparison.json", "comparison.md"]
+
+def test_the_library_works_without_pillow_and_matplotlib():
+  # A fresh process where importing either fails, as on a base install, traces (all the Python code runs, nothing
+  # compiles) every operation, a filter and a loss on both backends. (ott-jax imports matplotlib when it is there.)
+  script = textwrap.dedent("""
+      import sys
+      sys.modules["PIL"] = sys.modules["matplotlib"] = None  # `import PIL` and `import matplotlib` now fail
+      import jax
+      import jax.numpy as jnp
+      import otsort
+      x = jnp.arange(12.0).reshape(3, 4)
+      for backend in ("pav", "sinkhorn"):
+        shapes = jax.eval_shape(lambda: (
+            otsort.sort(x, backend=backend), otsort.ranks(x, backend=backend),
+            otsort.quantile(x, 0.5, backend=backend), otsort.topk(x, 2, backend=backend),
+            otsort.topk_mask(x, 2, backend=backend), otsort.filters.median_filter(jnp.ones((5, 5)), backend=backend),
+            otsort.losses.spearman_loss(x, x)))
+        print(backend, [s.shape for s in shapes])
+  """)
+  done = subprocess.run([sys.executable, "-c", script], cwd=_ROOT, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0, done.stderr
+  shapes = "[(3, 4), (3, 4), (3,), (3, 2), (3, 4), (5, 5), (3,)]"
+  assert done.stdout.splitlines() == [f"pav {shapes}", f"sinkhorn {shapes}"]
+
+
+@pytest.mark.parametrize("arguments", [["compare"], ["compare", "--small", "--out", "report"], ["compare", "--help"]])
+def test_compare_says_where_the_regularization_comparison_went(arguments, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _cli.main(arguments)
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == ("otsort compare: error: the regularization comparison moved out of the library: "
+                                     "run `python tutorials/comparing_regularizations.py` in a checkout of the "
+                                     "repository\n")
+  assert (_ROOT / "tutorials" / "comparing_regularizations.py").is_file()
+
+
+def test_help_lists_only_the_commands_there_are(capsys):
+  with pytest.raises(SystemExit):
+    _cli.main(["--help"])
+  listed = re.findall(r"^    (\w+) ", capsys.readouterr().out, flags=re.MULTILINE)
+  assert listed == ["demo", "filter"]
 
 
 def test_demo_refuses_to_print_non_finite_values(monkeypatch, capsys):
@@ -333,15 +382,3 @@ def test_ctrl_c_while_jax_is_imported_exits_130_with_one_line():
   stderr = process.stderr.read()
   assert process.returncode == 130, (process.returncode, stderr)
   assert stderr == "otsort demo: interrupted\n"
-
-
-def test_compare_writes_its_table_and_plots(tmp_path, capsys):
-  previous = os.umask(0o027)
-  try:
-    assert _cli.main(["compare", "--small", "--out", str(tmp_path / "report")]) == 0
-  finally:
-    os.umask(previous)
-  written = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "report").iterdir()}
-  assert {"comparison.md", "comparison.csv", "comparison.json", "comparison_error.png"} <= set(written)
-  assert set(written.values()) == {0o640}  # as open() would create them under this umask
-  assert "pav-l2" in capsys.readouterr().out
