@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -58,26 +59,30 @@ def test_tutorial_runs_and_writes_its_figures(runs, name):
 def test_soft_median_denoises_like_the_hard_median(runs):
   process, _ = runs["soft_median_filter"]
   psnr = numbers(process.stdout, r"^PSNR (.+): (-?[\d.]+) dB$")
-  assert {"noisy", "hard median (scipy)", "mean filter"} <= psnr.keys(), process.stdout
-  soft = {label: value for label, value in psnr.items() if label.startswith("soft median")}
-  assert any(label.startswith("soft median pav") for label in soft), process.stdout
-  for label, value in soft.items():
-    assert value > psnr["noisy"] + 3.0, f"{label} barely denoises"
+  soft = {"pav": ("soft median pav eps=3", "soft median pav eps=30"),
+          "sinkhorn": ("soft median sinkhorn eps=0.01", "soft median sinkhorn eps=0.1")}
+  expected = {"noisy", "hard median (scipy)", "mean filter", *soft["pav"], *soft["sinkhorn"]}
+  assert expected <= psnr.keys(), process.stdout
+  for label in (*soft["pav"], *soft["sinkhorn"]):
+    assert psnr[label] > psnr["noisy"] + 3.0, f"{label} barely denoises"
   # At its smaller epsilon each backend's soft median is within 0.5 dB of the hard one, above the mean filter.
-  for backend in ("pav", "sinkhorn"):
-    near_hard = [v for label, v in soft.items() if label.startswith(f"soft median {backend}")][:1]
-    for value in near_hard:
-      assert value > psnr["hard median (scipy)"] - 0.5 and value > psnr["mean filter"], process.stdout
+  for backend, (smaller, _) in soft.items():
+    assert psnr[smaller] > psnr["hard median (scipy)"] - 0.5, (backend, psnr)
+    assert psnr[smaller] > psnr["mean filter"], (backend, psnr)
 
 
-def test_soft_sort_and_ranks_lines_never_cross(runs):
+def test_soft_sort_and_ranks_lines_never_cross_on_either_backend(runs):
   process, _ = runs["soft_operators"]
   crossings = numbers(process.stdout, r"^crossings (\w+ \w+): (\d+)$")
-  assert {"pav sort", "pav ranks"} <= crossings.keys(), process.stdout
+  assert crossings.keys() == {"pav sort", "pav ranks", "sinkhorn sort", "sinkhorn ranks"}, process.stdout
   assert all(count == 0 for count in crossings.values()), crossings
 
 
-def test_soft_operators_prints_every_operator_on_each_backend(runs):
+@pytest.mark.parametrize("backend", ["pav", "sinkhorn"])
+def test_soft_operators_prints_every_operator_on_each_backend(runs, backend):
   process, _ = runs["soft_operators"]
-  for operator in ("sort", "ranks", "quantile", "topk", "topk_mask"):
-    assert re.search(rf"^{operator}\b.* pav\s+-?\d", process.stdout, flags=re.MULTILINE), operator
+  for operator, count in (("sort", 5), ("ranks", 5), ("quantile", 3), ("topk", 2), ("topk_mask", 5)):
+    found = re.search(rf"^{operator}\b.* {backend}((?:\s+-?\d+\.\d+)+)$", process.stdout, flags=re.MULTILINE)
+    assert found, (operator, backend, process.stdout)
+    values = [float(v) for v in found[1].split()]
+    assert len(values) == count and all(np.isfinite(values)), (operator, backend, values)

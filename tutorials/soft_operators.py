@@ -56,16 +56,7 @@ args.out.mkdir(parents=True, exist_ok=True)
 start = time.perf_counter()
 
 
-def sinkhorn_available() -> bool:
-  try:  # tracing is enough to hit the backend check; nothing is compiled
-    jax.eval_shape(lambda: otsort.quantile(jnp.ones(3), 0.5, backend="sinkhorn"))
-  except ValueError as error:
-    print(f"sinkhorn backend not available, skipped: {error}")
-    return False
-  return True
-
-
-BACKENDS = ("pav", "sinkhorn") if sinkhorn_available() else ("pav",)
+BACKENDS = ("pav", "sinkhorn")
 
 
 def fmt(values) -> str:
