@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports the 
   from otsort._api import sort_with
   from otsort._api import topk
   from otsort._api import topk_mask
+  from otsort.pav import Pav
+  from otsort.sinkhorn import Sinkhorn
   from otsort.sinkhorn import TargetMeasure
 
 try:
@@ -34,6 +36,8 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was never 
 
 # public name -> the module that defines it (None: a submodule of that name)
 _WHERE = {
+    "Pav": "otsort.pav",
+    "Sinkhorn": "otsort.sinkhorn",
     "TargetMeasure": "otsort.sinkhorn",
     "filters": None,
     "losses": None,

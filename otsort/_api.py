@@ -3,7 +3,9 @@
 Every function works along one ``axis`` of an array of any shape. This module does, once for all operations
 and backends: argument checks (at trace time, so they also fire under ``jit``), dtype promotion, moving
 ``axis`` last and flattening the other dimensions into rows, then dispatch to the backend, which only ever
-sees rows ``[batch, n]``.
+sees rows ``[batch, n]``. The dispatch goes through the backend contract (:mod:`otsort._contract`): ``backend`` is
+a name with ``**options`` or a backend object, and each operation is a method of that object; output shapes are
+the operation's own (an empty input asks it with :func:`jax.eval_shape`).
 
 Dtypes: float32 and float64 are computed as they are; float16 and bfloat16 are computed in float32 and returned
 in their own dtype; integers and booleans are promoted to JAX's default float dtype.
@@ -16,7 +18,6 @@ its value never recompiles, and it may be traced (``jit``, ``vmap``, ``grad`` wi
 from __future__ import annotations
 
 import functools
-import types
 from typing import Any, Callable, Sequence
 
 import jax
@@ -27,30 +28,11 @@ from jax.typing import ArrayLike
 import numpy as np
 
 from otsort import _checks
-from otsort.pav import _backend as _pav
-from otsort.sinkhorn import _backend as _sinkhorn
-from otsort.sinkhorn import _targets as _sinkhorn_targets
+from otsort import _contract
+from otsort._contract import Backend
 
-_MODULES = {"pav": _pav, "sinkhorn": _sinkhorn}
-BACKENDS = tuple(_MODULES)
-
-
-def _backend_module(backend: Any) -> types.ModuleType:
-  _checks.check_choice("backend", backend, BACKENDS)
-  return _MODULES[backend]
-
-
-def _float_dtypes(dtype) -> tuple[jnp.dtype, jnp.dtype]:
-  """(dtype to compute in, dtype to return) for an input dtype."""
-  dtype = jnp.dtype(dtype)
-  if jnp.issubdtype(dtype, jnp.complexfloating):
-    raise ValueError(f"x must be real; got dtype {dtype}")
-  if not jnp.issubdtype(dtype, jnp.floating):
-    promoted = jnp.dtype(jnp.result_type(float))
-    return promoted, promoted
-  if dtype.itemsize < 4:
-    return jnp.dtype(jnp.float32), dtype
-  return dtype, dtype
+#: The backend names; a backend object (:class:`otsort.Pav`, :class:`otsort.Sinkhorn`) may be passed instead.
+BACKENDS = ("pav", "sinkhorn")
 
 
 def _map_over_shards(fn: Callable[..., jax.Array], x: jax.Array, aligned: tuple, shared: tuple) -> jax.Array:
@@ -83,12 +65,13 @@ def _map_over_shards(fn: Callable[..., jax.Array], x: jax.Array, aligned: tuple,
       x, *aligned, *shared)
 
 
-@functools.partial(jax.jit, static_argnames=("op", "options", "static"))
-def _apply_on_rows(x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tuple, *, op: Callable, options: Any,
+@functools.partial(jax.jit, static_argnames=("op", "static"))
+def _apply_on_rows(x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tuple, *, op: Callable,
                    static: tuple) -> jax.Array:
   """Flattens ``x [..., n]`` (and ``epsilon [...]``, ``aligned [..., n, ...]``) into rows, applies the backend
-  ``op``, and puts the leading dimensions back: ``[..., m, ...]``. Jitted, so that eager calls compile once per
-  configuration; ``epsilon`` is an operand, not part of the configuration.
+  operation ``op`` (a bound method of a hashable backend object), and puts the leading dimensions back:
+  ``[..., m, ...]``. Jitted, so that eager calls compile once per configuration; ``epsilon`` is an operand, not
+  part of the configuration.
 
   A row whose epsilon is not positive and finite (only possible when epsilon is traced) is computed with
   epsilon = 1 and comes out NaN; the other rows are unaffected.
@@ -100,8 +83,7 @@ def _apply_on_rows(x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tup
     epsilon = epsilon.reshape(-1)
     valid = (epsilon > 0) & jnp.isfinite(epsilon)
     flat = [a.reshape(rows.shape[0], *a.shape[len(lead):]) for a in operands[:len(aligned)]]
-    out = op(rows, *flat, *operands[len(aligned):], epsilon=jnp.where(valid, epsilon, 1), options=options,
-             **dict(static))
+    out = op(rows, *flat, *operands[len(aligned):], epsilon=jnp.where(valid, epsilon, 1), **dict(static))
     out = jnp.where(valid.reshape(-1, *(1,) * (out.ndim - 1)), out, jnp.nan)
     return out.reshape(*x.shape[:-1], *out.shape[1:])
 
@@ -109,52 +91,48 @@ def _apply_on_rows(x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tup
 
 
 class _Call:
-  """One call's validated arguments: the rows, and how to put results back in the caller's layout."""
+  """One call's validated arguments: the backend operation, the rows, and how to put results back in the caller's
+  layout."""
 
-  def __init__(self, x: ArrayLike, axis: Any, backend: Any, epsilon: Any, options: dict):
-    self.module = _backend_module(backend)
-    self.options = self.module.parse_options(options)
-    x = jnp.asarray(x)
+  def __init__(self, op: str, x: ArrayLike, axis: Any, backend: Any, epsilon: Any, options: dict):
+    self.backend, self.kwargs = _contract.resolve(backend, options, op)
+    self.op = self.backend.operation(op)
+    x = _checks.as_array("x", x)
     if x.ndim == 0:
       raise ValueError("x must have at least one dimension to work along; got a scalar")
     self.shape = x.shape
     self.axis = _checks.normalize_axis(axis, x.ndim)
-    self.compute_dtype, self.out_dtype = _float_dtypes(x.dtype)
+    self.compute_dtype, self.out_dtype = _checks.float_dtypes(x.dtype, "x")
     self.x = jnp.moveaxis(x.astype(self.compute_dtype), self.axis, -1)
     self.n = self.x.shape[-1]
-    epsilon = self.module.DEFAULT_EPSILON if epsilon is None else epsilon
+    epsilon = self.backend.default_epsilon if epsilon is None else epsilon
     self.epsilon = _checks.epsilon_array(epsilon, self.x.shape[:-1], self.axis, self.compute_dtype)
 
-  def run(self, op: Callable[..., jax.Array], length: int, *, aligned: tuple = (), shared: tuple = (),
-          features: tuple = (), **static) -> jax.Array:
-    """Applies the backend's ``op`` (rows ``[batch, n]`` to ``[batch, m]``) along ``axis``.
+  def run(self, *, aligned: tuple = (), shared: tuple = (), **static: Any) -> jax.Array:
+    """Applies the backend operation (rows ``[batch, n]`` to ``[batch, m, ...]``) along ``axis``.
 
-    ``length`` is the m an empty input gets (a backend option may change it, e.g. sinkhorn's ``num_targets``).
     ``aligned`` arrays ``[..., n, ...]`` are cut into rows with ``x`` (their ``axis`` already moved to
-    ``x.ndim - 1``); ``shared`` arrays go to every row; ``features`` are trailing output dimensions after the m
-    values; ``static`` keywords are passed as they are.
+    ``x.ndim - 1``); ``shared`` arrays go to every row; ``static`` keywords (with the operation options) are passed
+    as they are. An empty input gets the output shape the operation gives one row of ``n`` values.
     """
+    static = tuple(sorted({**self.kwargs, **static}.items()))
     if self.x.size == 0:
-      out = jnp.zeros((*self.x.shape[:-1], length, *features), self.compute_dtype)
+      lead = self.x.shape[:-1]
+      one_row = lambda a: jax.ShapeDtypeStruct((1, *a.shape[len(lead):]), a.dtype)
+      probe = lambda rows, epsilon, *operands: self.op(rows, *operands, epsilon=epsilon, **dict(static))
+      shape = jax.eval_shape(probe, one_row(self.x), jax.ShapeDtypeStruct((1,), self.compute_dtype),
+                             *map(one_row, aligned), *shared)
+      out = jnp.zeros((*lead, *shape.shape[1:]), self.compute_dtype)
     else:
-      out = _apply_on_rows(self.x, self.epsilon, aligned, shared, op=op, options=self.options,
-                           static=tuple(sorted(static.items())))
+      out = _apply_on_rows(self.x, self.epsilon, aligned, shared, op=self.op, static=static)
     return jnp.moveaxis(out.astype(self.out_dtype), self.x.ndim - 1, self.axis)
 
-  def check_k(self, k: Any) -> int:
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n:
-      raise ValueError(f"k must be an int in [1, n] with n = x.shape[axis] = {self.n}; got k = {k!r}")
-    return int(k)
-
-
-def _check_descending(descending: Any) -> bool:
-  if not isinstance(descending, (bool, np.bool_)):
-    raise ValueError(f"descending must be True or False; got descending = {descending!r}")
-  return bool(descending)
+  def check_k(self, k: Any, name: str = "k") -> int:
+    return _checks.check_int(name, k, low=1, high=self.n, where=f"with n = x.shape[axis] = {self.n}")
 
 
 def sort(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: ArrayLike | None = None,
-         backend: str = "pav", **options: Any) -> jax.Array:
+         backend: str | Backend = "pav", **options: Any) -> jax.Array:
   r"""Soft sort: a differentiable relaxation of :func:`jax.numpy.sort`.
 
   With ``backend="pav"`` the soft sort of a row :math:`x \in \mathbb{R}^n` is the projection of
@@ -167,34 +145,45 @@ def sort(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: Arr
     \quad (\text{L2}), \qquad\text{or the KL projection in the log domain (KL)}.
 
   As :math:`\varepsilon \to 0` it is the hard sort; as :math:`\varepsilon \to \infty` every value tends to the
-  mean of the row (L2). The L2 soft sort keeps the sum of the row.
+  mean of the row (L2). The L2 soft sort keeps the sum of the row. With ``backend="sinkhorn"`` the row is
+  transported onto ``n`` uniform targets (or a target measure of your choice) and each target reads the average
+  of the values sent to it (Cuturi et al., 2019).
 
   Args:
     x: input array ``[..., n, ...]``, sorted along ``axis``.
     axis: the axis to sort along.
     descending: sort in decreasing order instead of increasing.
-    epsilon: regularization strength, > 0; ``None`` picks the backend's default (``pav``: 1.0, the paper's
-      ``regularization_strength``). Smaller is closer to the hard sort, larger gives smoother gradients.
-    backend: ``"pav"``.
-    **options: backend options. ``pav``: ``regularization="l2" | "kl"``, ``impl="auto" | "native" | "xla"``.
+    epsilon: regularization strength, > 0; ``None`` picks the backend's default (``otsort.Pav.default_epsilon``
+      = 1.0, the paper's ``regularization_strength``; ``otsort.Sinkhorn.default_epsilon`` = 1e-2). Smaller is
+      closer to the hard sort, larger gives smoother gradients. A number or one value per row.
+    backend: ``"pav"`` (the default), ``"sinkhorn"``, or a backend object, :class:`otsort.Pav` or
+      :class:`otsort.Sinkhorn`.
+    **options: with a backend name, its options (``pav``: ``regularization``, ``impl``; ``sinkhorn``: see
+      :class:`otsort.Sinkhorn`). ``sinkhorn`` sort also takes ``target``, ``num_targets`` or ``target_weights``
+      (also with a backend object): then it returns ``m`` values, one per target.
 
   Returns:
-    An array of the shape and dtype of ``x`` (integers are promoted to floats), sorted along ``axis``.
+    An array of the shape and dtype of ``x`` (integers are promoted to floats), sorted along ``axis``; with a
+    sinkhorn target measure of ``m`` targets, ``axis`` has size ``m``.
 
   Example:
     >>> import otsort
     >>> otsort.sort([3.0, 1.0, 2.0], epsilon=0.1)
     Array([1., 2., 3.], dtype=float32)
+    >>> otsort.sort([3.0, 1.0, 2.0], epsilon=10.0)  # large epsilon: every value tends to the mean
+    Array([1.9, 2. , 2.1], dtype=float32)
 
   References:
     Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020.
+
+    Cuturi, Teboul, Vert, "Differentiable Ranks and Sorting using Optimal Transport", NeurIPS 2019.
   """
-  call = _Call(x, axis, backend, epsilon, options)
-  return call.run(call.module.sort, call.n, descending=_check_descending(descending))
+  call = _Call("sort", x, axis, backend, epsilon, options)
+  return call.run(descending=_checks.check_bool("descending", descending))
 
 
 def ranks(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: ArrayLike | None = None,
-          backend: str = "pav", **options: Any) -> jax.Array:
+          backend: str | Backend = "pav", **options: Any) -> jax.Array:
   r"""Soft ranks: a differentiable relaxation of ``argsort(argsort(x))``, 0-based.
 
   With ``backend="pav"`` the soft ranks of a row are the projection of :math:`x / \varepsilon` onto the
@@ -207,15 +196,18 @@ def ranks(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: Ar
 
   As :math:`\varepsilon \to 0` the smallest value gets rank 0 and the largest :math:`n - 1` (ties share the
   mean of their ranks); as :math:`\varepsilon \to \infty` every rank tends to :math:`(n - 1) / 2`. L2 ranks of a
-  row always sum to :math:`n (n - 1) / 2`.
+  row always sum to :math:`n (n - 1) / 2`. With ``backend="sinkhorn"`` the rank of a value is the average target
+  position it is transported to, rescaled to :math:`[0, n - 1]`.
 
   Args:
     x: input array ``[..., n, ...]``, ranked along ``axis``.
     axis: the axis to rank along.
     descending: rank in decreasing order (the largest value gets rank 0).
-    epsilon: regularization strength, > 0; ``None`` picks the backend's default (``pav``: 1.0).
-    backend: ``"pav"``.
-    **options: backend options, as for :func:`sort`.
+    epsilon: regularization strength, > 0; ``None`` picks the backend's default (``pav``: 1.0, ``sinkhorn``:
+      1e-2).
+    backend: ``"pav"`` (the default), ``"sinkhorn"``, or a backend object, :class:`otsort.Pav` or
+      :class:`otsort.Sinkhorn`.
+    **options: backend options, as for :func:`sort` (sinkhorn ranks also take a target measure).
 
   Returns:
     An array of the shape of ``x``, in ``x``'s float dtype (integers are promoted).
@@ -224,42 +216,54 @@ def ranks(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: Ar
     >>> import otsort
     >>> otsort.ranks([3.0, 1.0, 2.0], epsilon=0.1)
     Array([2., 0., 1.], dtype=float32)
+    >>> otsort.ranks([3.0, 1.0, 2.0], epsilon=0.1, descending=True)
+    Array([0., 2., 1.], dtype=float32)
 
   References:
     Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020.
   """
-  call = _Call(x, axis, backend, epsilon, options)
-  return call.run(call.module.ranks, call.n, descending=_check_descending(descending))
+  call = _Call("ranks", x, axis, backend, epsilon, options)
+  return call.run(descending=_checks.check_bool("descending", descending))
 
 
 def _check_q(q: Any) -> tuple[tuple[float, ...], bool]:
-  """(the quantile levels, whether q was a scalar); q must be static and in [0, 1]."""
-  if isinstance(q, jax.core.Tracer):
-    raise ValueError("q must be static (a Python float or a sequence of them), not a traced value: it fixes "
-                     "the output shape")
-  levels = np.asarray(q, dtype=np.float64) if not isinstance(q, str) else None
-  if levels is None or levels.ndim > 1 or levels.size == 0:
-    raise ValueError(f"q must be a number or a non-empty 1-D sequence of numbers in [0, 1]; got q = {q!r}")
+  """(the quantile levels, whether q was a scalar); q must be static real numbers in [0, 1]."""
+  message = "q must be a number or a non-empty 1-D sequence of numbers in [0, 1]"
+  if _checks.is_traced(q):
+    raise TypeError(f"{message}, static (Python or NumPy numbers), not a traced value: it fixes the output shape")
+  if q is None or isinstance(q, (bool, np.bool_, str, bytes, dict, set)):
+    raise TypeError(f"{message}; got q = {_checks.show(q)}")
+  try:
+    levels = np.asarray(q)
+  except (TypeError, ValueError):
+    raise TypeError(f"{message}; got q = {_checks.show(q)}") from None
+  if levels.dtype == np.bool_ or not (np.issubdtype(levels.dtype, np.integer) or
+                                      np.issubdtype(levels.dtype, np.floating)):
+    raise TypeError(f"{message}; got q = {_checks.show(q)} (dtype {levels.dtype})")
+  if levels.ndim > 1 or levels.size == 0:
+    raise ValueError(f"{message}; got q = {_checks.show(q)}")
+  levels = levels.astype(np.float64)
   if not np.all((levels >= 0) & (levels <= 1)):
-    raise ValueError(f"q must lie in [0, 1]; got q = {q!r}")
+    raise ValueError(f"q must lie in [0, 1]; got q = {_checks.show(q)}")
   return tuple(float(v) for v in levels.reshape(-1)), levels.ndim == 0
 
 
 def quantile(x: ArrayLike, q: float | Sequence[float], *, axis: int = -1, epsilon: ArrayLike | None = None,
-             backend: str = "pav", **options: Any) -> jax.Array:
+             backend: str | Backend = "pav", **options: Any) -> jax.Array:
   r"""Soft quantiles: a differentiable relaxation of :func:`jax.numpy.quantile` (linear interpolation).
 
   ``pav``: the soft sort of the row, linearly interpolated at position :math:`q (n - 1)` like
   :func:`jax.numpy.quantile`. ``sinkhorn``: the inputs are transported onto a target measure with mass around
-  each requested level (Cuturi et al., 2019), and read out by barycentric projection.
+  each requested level (Cuturi et al., 2019), and read out by barycentric projection: the value at cumulative mass
+  ``q``, which can differ from the interpolation by up to one sorted position.
 
   Args:
-    x: input array ``[..., n, ...]``.
-    q: a level in [0, 1], or a 1-D sequence of levels; static (Python numbers or a NumPy array).
+    x: input array ``[..., n, ...]``, ``n >= 1``.
+    q: a level in [0, 1], or a 1-D sequence of levels; static (Python or NumPy numbers, not booleans).
     axis: the axis to take quantiles along.
     epsilon: regularization strength, > 0; ``None`` picks the backend's default.
-    backend: ``"pav"`` or ``"sinkhorn"``.
-    **options: backend options.
+    backend: ``"pav"`` (the default), ``"sinkhorn"``, or a backend object.
+    **options: with a backend name, its options.
 
   Returns:
     For a scalar ``q``, ``x``'s shape without ``axis``; for a sequence, ``axis`` replaced by ``len(q)`` values
@@ -269,17 +273,19 @@ def quantile(x: ArrayLike, q: float | Sequence[float], *, axis: int = -1, epsilo
     >>> import otsort
     >>> otsort.quantile([1.0, 5.0, 2.0, 4.0, 3.0], 0.5, epsilon=1e-3)
     Array(3., dtype=float32)
+    >>> otsort.quantile([1.0, 5.0, 2.0, 4.0, 3.0], [0.25, 1.0], epsilon=1e-3)
+    Array([2., 5.], dtype=float32)
   """
   levels, scalar = _check_q(q)
-  call = _Call(x, axis, backend, epsilon, options)
+  call = _Call("quantile", x, axis, backend, epsilon, options)
   if call.n == 0:
     raise ValueError("quantile needs at least one value along axis; got x.shape[axis] = 0")
-  out = call.run(call.module.quantile, len(levels), q=levels)
+  out = call.run(q=levels)
   return jnp.squeeze(out, call.axis) if scalar else out
 
 
-def topk(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = None, backend: str = "pav",
-         **options: Any) -> jax.Array:
+def topk(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = None,
+         backend: str | Backend = "pav", **options: Any) -> jax.Array:
   r"""Soft top-k values: a differentiable relaxation of :func:`jax.lax.top_k`, in decreasing order.
 
   ``pav``: the first k entries of the decreasing soft sort. ``sinkhorn``: transport onto k + 1 targets, the
@@ -287,11 +293,11 @@ def topk(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = No
 
   Args:
     x: input array ``[..., n, ...]``.
-    k: how many values to keep, in [1, n].
+    k: how many values to keep, an int in [1, n].
     axis: the axis to take the top k along (``jax.lax.top_k`` only takes the last).
     epsilon: regularization strength, > 0; ``None`` picks the backend's default.
-    backend: ``"pav"`` or ``"sinkhorn"``.
-    **options: backend options.
+    backend: ``"pav"`` (the default), ``"sinkhorn"``, or a backend object.
+    **options: with a backend name, its options.
 
   Returns:
     ``x``'s shape with ``axis`` of size ``k``, the largest value first.
@@ -301,13 +307,12 @@ def topk(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = No
     >>> otsort.topk([1.0, 5.0, 2.0, 4.0], 2, epsilon=1e-3)
     Array([5., 4.], dtype=float32)
   """
-  call = _Call(x, axis, backend, epsilon, options)
-  k = call.check_k(k)
-  return call.run(call.module.topk, k, k=k)
+  call = _Call("topk", x, axis, backend, epsilon, options)
+  return call.run(k=call.check_k(k))
 
 
-def topk_mask(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = None, backend: str = "pav",
-              **options: Any) -> jax.Array:
+def topk_mask(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = None,
+              backend: str | Backend = "pav", **options: Any) -> jax.Array:
   r"""Soft top-k mask: a differentiable relaxation of the 0/1 indicator of the k largest entries.
 
   ``pav``: the projection of :math:`x / \varepsilon` onto the permutahedron of :math:`(1, \dots, 1, 0, \dots,
@@ -317,11 +322,11 @@ def topk_mask(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None
 
   Args:
     x: input array ``[..., n, ...]``.
-    k: the number of entries to select, in [1, n].
+    k: the number of entries to select, an int in [1, n].
     axis: the axis to select along.
     epsilon: regularization strength, > 0; ``None`` picks the backend's default.
-    backend: ``"pav"`` or ``"sinkhorn"``.
-    **options: backend options.
+    backend: ``"pav"`` (the default), ``"sinkhorn"``, or a backend object.
+    **options: with a backend name, its options.
 
   Returns:
     An array of ``x``'s shape, values in [0, 1] summing to k along ``axis``.
@@ -331,19 +336,12 @@ def topk_mask(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None
     >>> otsort.topk_mask([1.0, 5.0, 2.0, 4.0], 2, epsilon=1e-3)
     Array([0., 1., 0., 1.], dtype=float32)
   """
-  call = _Call(x, axis, backend, epsilon, options)
-  k = call.check_k(k)
-  return call.run(call.module.topk_mask, call.n, k=k)
-
-
-def _sinkhorn_only(name: str, backend: Any) -> None:
-  if backend != "sinkhorn":
-    raise ValueError(f"{name} exists on the sinkhorn backend only: it reads the transport plan onto a target "
-                     f"measure, which the pav projections do not have; got backend = {backend!r}")
+  call = _Call("topk_mask", x, axis, backend, epsilon, options)
+  return call.run(k=call.check_k(k))
 
 
 def quantize(x: ArrayLike, num_levels: int, *, axis: int = -1, epsilon: ArrayLike | None = None,
-             backend: str = "sinkhorn", **options: Any) -> jax.Array:
+             backend: str | Backend = "sinkhorn", **options: Any) -> jax.Array:
   r"""Soft quantization onto ``num_levels`` levels (``sinkhorn`` backend only, as ``ott.tools.soft_sort``).
 
   Each row is transported onto ``num_levels`` uniform targets; each input is then replaced by the average
@@ -351,44 +349,31 @@ def quantize(x: ArrayLike, num_levels: int, *, axis: int = -1, epsilon: ArrayLik
 
   Args:
     x: input array ``[..., n, ...]``.
-    num_levels: the number of levels, an int >= 2 (a Python or NumPy integer, or a concrete 0-d integer array).
+    num_levels: the number of levels, an int >= 2 (a Python or NumPy integer, or a concrete 0-d integer array;
+      it fixes the number of targets, so it cannot be traced).
     axis: the axis to quantize along.
     epsilon: entropic regularization, > 0; ``None`` for the default 1e-2.
-    backend: ``"sinkhorn"``.
-    **options: sinkhorn options (solver settings; target options are not allowed here).
+    backend: ``"sinkhorn"`` or an :class:`otsort.Sinkhorn` (the ``pav`` backend has no transport plan: a
+      ``ValueError``).
+    **options: with ``"sinkhorn"``, its options (:class:`otsort.Sinkhorn`; target options are refused).
 
   Returns:
     An array of the shape of ``x``.
 
+  Example:
+    >>> import otsort
+    >>> otsort.quantize([1.0, 1.2, 5.0, 5.2], 2, epsilon=1e-3).round(2)
+    Array([1.1, 1.1, 5.1, 5.1], dtype=float32)
+
   References:
     Cuturi, Teboul, Vert, "Differentiable Ranks and Sorting using Optimal Transport", NeurIPS 2019.
   """
-  _sinkhorn_only("quantize", backend)
-  num_levels = _check_num_levels(num_levels)
-  call = _Call(x, axis, backend, epsilon, options)
-  _sinkhorn.reject_custom_target(call.options, "quantize")
-  return call.run(call.module.quantize, call.n, num_levels=num_levels)
-
-
-def _check_num_levels(num_levels: Any) -> int:
-  """``num_levels`` as a Python int >= 2: an int, a NumPy integer or a concrete 0-d integer array."""
-  value = num_levels
-  if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer) and value.ndim == 0:
-    value = np.asarray(value)[()]
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 2:
-    raise ValueError(f"num_levels must be an int >= 2 (a Python or NumPy integer, or a concrete 0-d integer "
-                     f"array; it fixes the number of targets, so it cannot be traced); got num_levels = "
-                     f"{num_levels!r}")
-  return int(value)
-
-
-def _check_real(name: str, value: jax.Array) -> None:
-  if jnp.issubdtype(value.dtype, jnp.complexfloating):
-    raise ValueError(f"{name} must be real; got dtype {value.dtype}")
+  call = _Call("quantize", x, axis, backend, epsilon, options)
+  return call.run(num_levels=_checks.check_int("num_levels", num_levels, low=2))
 
 
 def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis: int = -1,
-              epsilon: ArrayLike | None = None, backend: str = "sinkhorn", **options: Any) -> jax.Array:
+              epsilon: ArrayLike | None = None, backend: str | Backend = "sinkhorn", **options: Any) -> jax.Array:
   r"""Soft-sorts ``values`` by the criterion ``x`` (``sinkhorn`` backend only), like ``values[argsort(x)]``.
 
   Each output is the average of the ``values`` sent to one target of the transport of ``x``.
@@ -396,87 +381,68 @@ def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis:
   Args:
     x: the criterion ``[..., n, ...]``.
     values: real, ``x.shape`` followed by any feature dimensions ``[..., n, ..., *features]``; sorted along
-      ``axis`` (complex values are refused: the transport plan is real).
-    topk: ``None`` sorts all values in increasing order of ``x``; an int ``k`` keeps the values of the ``k``
-      largest criteria, in decreasing order like :func:`topk`.
+      ``axis`` (complex values are refused with a ``TypeError``: the transport plan is real).
+    topk: ``None`` sorts all values in increasing order of ``x``; an int ``k`` in [1, n] keeps the values of the
+      ``k`` largest criteria, in decreasing order like :func:`topk`.
     axis: the axis of ``x`` (and ``values``) to sort along.
     epsilon: entropic regularization, > 0; ``None`` for the default 1e-2.
-    backend: ``"sinkhorn"``.
-    **options: sinkhorn options.
+    backend: ``"sinkhorn"`` or an :class:`otsort.Sinkhorn`.
+    **options: with ``"sinkhorn"``, its options; ``target``, ``num_targets`` or ``target_weights`` (also with a
+      backend object) choose the target measure when ``topk`` is ``None``.
 
   Returns:
     ``values`` with ``axis`` of size n (or ``k``, or the number of targets).
+
+  Example:
+    >>> import numpy as np, otsort
+    >>> otsort.sort_with([3.0, 1.0, 2.0], [30.0, 10.0, 20.0], epsilon=1e-3).round(1)
+    Array([10., 20., 30.], dtype=float32)
   """
-  _sinkhorn_only("sort_with", backend)
-  call = _Call(x, axis, backend, epsilon, options)
-  values = jnp.asarray(values)
-  _check_real("values", values)
+  call = _Call("sort_with", x, axis, backend, epsilon, options)
+  values = _checks.as_array("values", values)
+  _checks.check_real_dtype("values", values.dtype)
   values = values.astype(call.compute_dtype)
   if values.shape[:len(call.shape)] != call.shape:
     raise ValueError(f"values must have x's shape {call.shape} followed by feature dimensions; got "
                      f"values.shape = {values.shape}")
   if topk is not None:
-    topk = call.check_k(topk)
-    _sinkhorn.reject_custom_target(call.options, "sort_with(topk=k)")
+    topk = call.check_k(topk, "topk")
   moved = jnp.moveaxis(values, call.axis, call.x.ndim - 1)
-  return call.run(_sort_with_rows, topk or call.n, aligned=(moved,), features=values.shape[call.x.ndim:],
-                  topk=topk)
-
-
-def _sort_with_rows(rows: jax.Array, values: jax.Array, *, topk: int | None, epsilon: jax.Array, options: Any):
-  """The sinkhorn backend's ``sort_with`` on values ``[batch, n, *features]`` (it takes ``[batch, n, d]``)."""
-  out = _sinkhorn.sort_with(rows, values.reshape(*values.shape[:2], -1), topk, epsilon=epsilon, options=options)
-  return out.reshape(*out.shape[:2], *values.shape[2:])
+  return call.run(aligned=(moved,), topk=topk)
 
 
 def quantile_normalization(x: ArrayLike, targets: ArrayLike, *, weights: ArrayLike | None = None, axis: int = -1,
-                           epsilon: ArrayLike | None = None, backend: str = "sinkhorn", **options: Any) -> jax.Array:
+                           epsilon: ArrayLike | None = None, backend: str | Backend = "sinkhorn",
+                           **options: Any) -> jax.Array:
   r"""Soft quantile normalization (``sinkhorn`` backend only): gives each row the distribution of ``targets``
   while keeping its order.
 
   Args:
     x: input array ``[..., n, ...]``.
-    targets: ``[m]`` values, ``m >= 2``, finite and sorted increasingly (non-decreasing), that the rows are
+    targets: ``[m]`` real values, ``m >= 2``, finite and sorted increasingly (non-decreasing), that the rows are
       mapped onto. A concrete ``targets`` is checked; a traced one (under ``jit`` or ``grad`` with respect to
       it) can only be checked for its shape: unsorted or non-finite traced targets give a result that does not
       keep the order of the rows, or NaN.
     weights: ``None`` (uniform) or ``[m]`` positive, finite weights summing to 1 (concrete values).
     axis: the axis to normalize along.
     epsilon: entropic regularization, > 0; ``None`` for the default 1e-2.
-    backend: ``"sinkhorn"``.
-    **options: sinkhorn options (solver settings).
+    backend: ``"sinkhorn"`` or an :class:`otsort.Sinkhorn`.
+    **options: with ``"sinkhorn"``, its options (solver settings).
 
   Returns:
     An array of the shape of ``x``.
+
+  Example:
+    >>> import otsort
+    >>> otsort.quantile_normalization([0.3, 0.1, 0.2], [0.0, 5.0, 10.0], epsilon=1e-3).round(1)
+    Array([10.,  0.,  5.], dtype=float32)
 
   References:
     Cuturi, Teboul, Niles-Weed, Vert, "Supervised Quantile Normalization for Low-rank Matrix Approximation",
     ICML 2020.
   """
-  _sinkhorn_only("quantile_normalization", backend)
-  call = _Call(x, axis, backend, epsilon, options)
-  _sinkhorn.reject_custom_target(call.options, "quantile_normalization")
-  targets = _check_targets(targets, call.compute_dtype)
+  call = _Call("quantile_normalization", x, axis, backend, epsilon, options)
+  targets = _checks.check_sorted_values("targets", targets, call.compute_dtype)
   if weights is not None:
-    weights = _sinkhorn_targets.check_weights(weights, name="weights", length=targets.shape[0])
-  return call.run(call.module.quantile_normalization, call.n, shared=(targets,), weights=weights)
-
-
-def _check_targets(targets: Any, dtype: Any) -> jax.Array:
-  """``quantile_normalization``'s targets: ``[m]``, ``m >= 2``, real; if concrete, finite and non-decreasing."""
-  if isinstance(targets, (str, bytes)):
-    raise ValueError(f"targets must be a 1-D array of at least 2 real values; got targets = {targets!r}")
-  array = jnp.asarray(targets)
-  _check_real("targets", array)
-  if array.ndim != 1 or array.shape[0] < 2:
-    raise ValueError(f"targets must be a 1-D array [m] of at least 2 values; got targets.shape = {array.shape}")
-  if not isinstance(targets, jax.core.Tracer) and not isinstance(array, jax.core.Tracer):
-    value = np.asarray(array, np.float64)
-    if not np.all(np.isfinite(value)):
-      raise ValueError(f"targets must be finite; got targets = {value.tolist()}")
-    if np.any(np.diff(value) < 0):
-      at = int(np.flatnonzero(np.diff(value) < 0)[0])
-      raise ValueError(f"targets must be sorted in non-decreasing order (the rows are mapped onto them in order); "
-                       f"got targets[{at}] = {float(value[at])!r} > targets[{at + 1}] = {float(value[at + 1])!r} in targets = "
-                       f"{value.tolist()}")
-  return array.astype(dtype)
+    weights = _checks.check_weights("weights", weights, length=targets.shape[0])
+  return call.run(shared=(targets,), weights=weights)

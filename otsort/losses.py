@@ -22,6 +22,7 @@ import numpy as np
 
 from otsort import _api
 from otsort import _checks
+from otsort import _contract
 
 __all__ = [
     "spearman_correlation",
@@ -46,8 +47,7 @@ def _is_concrete(x: Any) -> bool:
 def _default_epsilon(backend: Any, epsilon: Any) -> Any:
   """The backend's default for None; otherwise epsilon as given (a number, or an array, possibly traced), which
   :func:`otsort.ranks` checks against the rows it ranks."""
-  module = _api._backend_module(backend)  # pylint: disable=protected-access
-  return module.DEFAULT_EPSILON if epsilon is None else epsilon
+  return _contract.default_epsilon(backend) if epsilon is None else epsilon
 
 
 def _hard_ranks(x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
@@ -153,7 +153,7 @@ def _soft_ranks_padded(x: jax.Array, valid: jax.Array, sizes: np.ndarray | None,
   together instead, which needs concrete group sizes.
   """
   length = x.shape[-1]
-  if backend == "pav":
+  if _contract.resolve(backend, options, "ranks")[0].name == "pav":
     top = jnp.max(jnp.where(valid, x, -jnp.inf), -1, keepdims=True)
     top = jnp.where(jnp.isfinite(top), top, 0)
     pad = jax.lax.stop_gradient(top + 2 * (length + 1) * epsilon + 1)
@@ -182,7 +182,7 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
   if pred.ndim == 0:
     raise ValueError("pred must have at least one dimension to rank along; got a scalar")
   axis = _checks.normalize_axis(axis, pred.ndim)
-  dtype = _api._float_dtypes(pred.dtype)[0]  # pylint: disable=protected-access
+  dtype = _checks.float_dtypes(pred.dtype, "pred")[0]
   pred = jnp.moveaxis(pred.astype(dtype), axis, -1)
   target = jnp.moveaxis(target, axis, -1)
   target = target.astype(dtype)
@@ -399,8 +399,7 @@ def _check_grad_hess_arguments(hessian: Any, num_probes: Any, normalize: Any, ep
     raise ValueError(f"num_probes must be a positive int; got num_probes = {num_probes!r}")
   if not isinstance(normalize, (bool, np.bool_)):
     raise ValueError(f"normalize must be True or False; got normalize = {normalize!r}")
-  module = _api._backend_module(backend)  # pylint: disable=protected-access
-  module.parse_options(options)
+  _contract.resolve(backend, options, "ranks")
   if epsilon is not None:
     if np.ndim(epsilon) != 0:
       raise ValueError(f"epsilon must be one number for the whole prediction vector; got an array of shape "

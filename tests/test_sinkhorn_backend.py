@@ -1,4 +1,4 @@
-"""Tests of the Sinkhorn backend (row API, ``[batch, n]`` inputs).
+"""Tests of the Sinkhorn backend object's row operations (``otsort.Sinkhorn``, ``[batch, n]`` inputs).
 
 Reference values come from ott-jax itself (``ott.tools.soft_sort``) and from
 the hard operators. Gradients: reverse mode only (ott-jax's Sinkhorn loops are
@@ -12,12 +12,14 @@ import pytest
 from jax.test_util import check_grads
 from ott.tools import soft_sort as ott_ss
 
-from otsort import sinkhorn as sk
+from otsort import Sinkhorn
+from otsort import TargetMeasure
+from otsort.sinkhorn import _backend
 from otsort.sinkhorn import _targets
 from otsort.sinkhorn import _transport
 
-EPS = sk.DEFAULT_EPSILON
-DEFAULT = sk.parse_options({})
+EPS = Sinkhorn.default_epsilon
+DEFAULT = Sinkhorn()
 
 
 @pytest.fixture
@@ -42,17 +44,17 @@ def _spread_rows(seed, batch, n, dtype=jnp.float64):
 # Every operator as a function of [batch, n] rows only (k, q fixed).
 def _ops(n, options=DEFAULT, epsilon=EPS):
   k = max(1, n // 3)
-  kw = dict(epsilon=epsilon, options=options)
+  backend, kw = options, dict(epsilon=epsilon)
   return {
-      "sort": lambda x: sk.sort(x, descending=False, **kw),
-      "ranks": lambda x: sk.ranks(x, descending=False, **kw),
-      "quantile": lambda x: sk.quantile(x, (0.0, 0.25, 0.5, 1.0), **kw),
-      "topk": lambda x: sk.topk(x, k, **kw),
-      "topk_mask": lambda x: sk.topk_mask(x, k, **kw),
-      "quantize": lambda x: sk.quantize(x, 3, **kw),
-      "sort_with_topk": lambda x: sk.sort_with(
+      "sort": lambda x: backend.sort(x, descending=False, **kw),
+      "ranks": lambda x: backend.ranks(x, descending=False, **kw),
+      "quantile": lambda x: backend.quantile(x, (0.0, 0.25, 0.5, 1.0), **kw),
+      "topk": lambda x: backend.topk(x, k, **kw),
+      "topk_mask": lambda x: backend.topk_mask(x, k, **kw),
+      "quantize": lambda x: backend.quantize(x, 3, **kw),
+      "sort_with_topk": lambda x: backend.sort_with(
           x, jnp.stack([x, jnp.cos(x)], -1), k, **kw),
-      "quantile_normalization": lambda x: sk.quantile_normalization(
+      "quantile_normalization": lambda x: backend.quantile_normalization(
           x, jnp.linspace(-1.0, 2.0, 4), np.array([0.1, 0.2, 0.3, 0.4]),
           **kw),
   }
@@ -84,36 +86,36 @@ _OTT_TIGHT = dict(threshold=1e-9, max_iterations=100000)
 
 def _ott_pairs(x):
   """(ours, ott) for every operator, ott-jax's conventions converted."""
-  o = sk.parse_options({"threshold": 1e-9, "max_iterations": 20000})
-  kw = dict(epsilon=EPS, options=o)
+  o = Sinkhorn(threshold=1e-9, max_iterations=20000)
+  backend, kw = o, dict(epsilon=EPS)
   v = jnp.stack([x, x**2], -1)
   q = (0.2, 0.5, 0.9)
   # Weights must be concrete for us (checked at trace time), not for ott.
   t, w = jnp.linspace(-1.0, 2.0, 5), np.array([0.1, 0.2, 0.3, 0.2, 0.2])
   per_row = lambda fn: jnp.stack([fn(i) for i in range(x.shape[0])])
   return {
-      "sort": (sk.sort(x, descending=False, **kw),
+      "sort": (backend.sort(x, descending=False, **kw),
                ott_ss.sort(x, **_OTT_TIGHT)),
-      "sort_descending": (sk.sort(x, descending=True, **kw),
+      "sort_descending": (backend.sort(x, descending=True, **kw),
                           ott_ss.sort(x, **_OTT_TIGHT)[:, ::-1]),
-      "ranks": (sk.ranks(x, descending=False, **kw),
+      "ranks": (backend.ranks(x, descending=False, **kw),
                 ott_ss.ranks(x, **_OTT_TIGHT)),
-      "quantile": (sk.quantile(x, q, **kw),
+      "quantile": (backend.quantile(x, q, **kw),
                    ott_ss.quantile(x, jnp.array(q), **_OTT_TIGHT)),
       # ott returns the top-k ascending; ours descend like lax.top_k.
-      "topk": (sk.topk(x, 3, **kw),
+      "topk": (backend.topk(x, 3, **kw),
                ott_ss.sort(x, topk=3, **_OTT_TIGHT)[:, ::-1]),
-      "topk_mask": (sk.topk_mask(x, 3, **kw),
+      "topk_mask": (backend.topk_mask(x, 3, **kw),
                     ott_ss.topk_mask(x, k=3, **_OTT_TIGHT)),
-      "quantize": (sk.quantize(x, 4, **kw),
+      "quantize": (backend.quantize(x, 4, **kw),
                    ott_ss.quantize(x, num_levels=4, **_OTT_TIGHT)),
-      "sort_with": (sk.sort_with(x, v, None, **kw), per_row(
+      "sort_with": (backend.sort_with(x, v, None, **kw), per_row(
           lambda i: ott_ss.sort_with(v[i], x[i][:, None], **_OTT_TIGHT))),
-      "sort_with_topk": (sk.sort_with(x, v, 3, **kw), per_row(
+      "sort_with_topk": (backend.sort_with(x, v, 3, **kw), per_row(
           lambda i: ott_ss.sort_with(v[i], x[i][:, None], topk=3,
                                      **_OTT_TIGHT)[::-1])),
       "quantile_normalization": (
-          sk.quantile_normalization(x, t, w, **kw),
+          backend.quantile_normalization(x, t, w, **kw),
           ott_ss.quantile_normalization(x, t, jnp.asarray(w), **_OTT_TIGHT)),
   }
 
@@ -130,13 +132,13 @@ def test_defaults_agree_with_ott_soft_sort_in_float64(x64):
 def test_default_epsilon_matches_ott():
   import inspect
   sig = inspect.signature(ott_ss.transport_for_sort)
-  assert sig.parameters["epsilon"].default == sk.DEFAULT_EPSILON
+  assert sig.parameters["epsilon"].default == Sinkhorn.default_epsilon
 
 
 def test_float32_defaults_agree_with_ott_within_threshold():
   x = _rows(1, 3, 16)
   ours, ref = jax.jit(lambda x: (
-      sk.ranks(x, descending=False, epsilon=EPS, options=DEFAULT),
+      DEFAULT.ranks(x, descending=False, epsilon=EPS),
       ott_ss.ranks(x)))(x)
   # Both stop at an L1 marginal error of 1e-3: ranks move by ~n * 1e-3.
   np.testing.assert_allclose(ours, ref, atol=16 * 2e-3)
@@ -146,15 +148,16 @@ def test_ott_target_weights_and_num_targets_options_agree(x64):
   x = _spread_rows(2, 2, 8)
   w = np.array([0.1, 0.2, 0.3, 0.2, 0.2])
   tight = {"threshold": 1e-9, "max_iterations": 20000}
-  o_w = sk.parse_options({"target_weights": w, **tight})
-  o_m = sk.parse_options({"num_targets": 5, **tight})
+  o = Sinkhorn(**tight)
+  weighted = _backend.target_measure(target_weights=w)
+  five = _backend.target_measure(num_targets=5)
 
   @jax.jit
   def pairs(x):
     return [
-        (sk.ranks(x, descending=False, epsilon=EPS, options=o_w),
+        (o.ranks(x, descending=False, epsilon=EPS, target=weighted),
          ott_ss.ranks(x, target_weights=jnp.asarray(w), **_OTT_TIGHT)),
-        (sk.sort(x, descending=False, epsilon=EPS, options=o_m),
+        (o.sort(x, descending=False, epsilon=EPS, target=five),
          ott_ss.sort(x, num_targets=5, **_OTT_TIGHT)),
     ]
   for ours, ref in pairs(x):
@@ -171,14 +174,14 @@ _N, _K = 20, 4
 @pytest.fixture(scope="module")
 def invariants():
   x = _rows(3, 4, _N, scale=5.0)
-  kw = dict(epsilon=EPS, options=DEFAULT)
+  backend, kw = DEFAULT, dict(epsilon=EPS)
   out = jax.jit(lambda x: dict(
-      sort=sk.sort(x, descending=False, **kw),
-      sort_descending=sk.sort(x, descending=True, **kw),
-      ranks=sk.ranks(x, descending=False, **kw),
-      ranks_descending=sk.ranks(x, descending=True, **kw),
-      topk_mask=sk.topk_mask(x, _K, **kw),
-      topk_mask_n=sk.topk_mask(x, _N, **kw)))(x)
+      sort=backend.sort(x, descending=False, **kw),
+      sort_descending=backend.sort(x, descending=True, **kw),
+      ranks=backend.ranks(x, descending=False, **kw),
+      ranks_descending=backend.ranks(x, descending=True, **kw),
+      topk_mask=backend.topk_mask(x, _K, **kw),
+      topk_mask_n=backend.topk_mask(x, _N, **kw)))(x)
   return x, out
 
 
@@ -226,17 +229,17 @@ def test_small_epsilon_recovers_hard_operators(x64):
   # so epsilon = 1e-4 gives a plan within ~1e-3 of the permutation.
   n = 8
   x = _spread_rows(7, 3, n)
-  o = sk.parse_options({"threshold": 1e-8, "max_iterations": 50000})
-  kw = dict(epsilon=1e-4, options=o)
+  o = Sinkhorn(threshold=1e-8, max_iterations=50000)
+  backend, kw = o, dict(epsilon=1e-4)
   # Soft quantile q reads the order statistic at cumulative mass q; at
   # mid-cells (k + 0.5) / n that is jnp.quantile(..., method="nearest").
   q = (0.5 / n, 3.5 / n, 6.5 / n)
   soft = jax.jit(lambda x: dict(
-      sort=sk.sort(x, descending=False, **kw),
-      ranks=sk.ranks(x, descending=False, **kw),
-      topk=sk.topk(x, 3, **kw),
-      topk_mask=sk.topk_mask(x, 3, **kw),
-      quantile=sk.quantile(x, q, **kw)))(x)
+      sort=backend.sort(x, descending=False, **kw),
+      ranks=backend.ranks(x, descending=False, **kw),
+      topk=backend.topk(x, 3, **kw),
+      topk_mask=backend.topk_mask(x, 3, **kw),
+      quantile=backend.quantile(x, q, **kw)))(x)
   hard = dict(
       sort=jnp.sort(x, axis=1),
       ranks=jnp.argsort(jnp.argsort(x, axis=1), axis=1),
@@ -282,15 +285,15 @@ def test_float32_gradients_in_x_and_epsilon_are_finite_for_every_op():
 def test_gradients_match_finite_differences_in_float64(x64):
   # Default epsilon; well separated values, tight threshold (implicit
   # differentiation assumes the solver converged).
-  o = sk.parse_options({"threshold": 1e-10, "max_iterations": 20000})
+  o = Sinkhorn(threshold=1e-10, max_iterations=20000)
   x = _spread_rows(9, 2, 6) * 4.0
   check_grads(_all_losses(_ops(6, options=o)), (x,), order=1,
               modes=("rev",), atol=1e-3, rtol=1e-3, eps=1e-6)
 
 
 def test_unrolled_gradients_match_finite_differences_in_float64(x64):
-  o = sk.parse_options({"threshold": 1e-10, "max_iterations": 20000,
-                        "differentiation": "unroll"})
+  o = Sinkhorn(threshold=1e-10, max_iterations=20000,
+               differentiation="unroll")
   x = _spread_rows(10, 2, 6)
   ops = _ops(6, options=o, epsilon=0.05)
   ops = {name: ops[name] for name in ("sort", "ranks", "topk_mask")}
@@ -302,8 +305,8 @@ def test_large_rows_use_conjugate_gradient_and_agree_with_unrolling():
   # n > 256 takes the CG branch of the implicit solve.
   n = 300
   x = _rows(11, 1, n)
-  loss = lambda d: _loss(_ops(n, options=sk.parse_options(
-      {"differentiation": d}))["ranks"])
+  loss = lambda d: _loss(_ops(n, options=Sinkhorn(
+      differentiation=d))["ranks"])
   g_imp = jax.jit(jax.grad(loss("implicit")))(x)
   g_unr = jax.jit(jax.grad(loss("unroll")))(x)
   assert bool(jnp.all(jnp.isfinite(g_imp)))
@@ -339,10 +342,10 @@ def test_monotone_initializer_returns_feasible_tight_duals(x64):
 
 
 def test_target_measure_constructors_match_ott():
-  t = sk.TargetMeasure.topk(num_points=5, k=2)
+  t = TargetMeasure.topk(num_points=5, k=2)
   np.testing.assert_allclose(t.weights, [0.6, 0.2, 0.2])
   np.testing.assert_allclose(t.locations, [0.0, 0.5, 1.0])
-  t = sk.TargetMeasure.topk_mask(num_points=10, k=3)
+  t = TargetMeasure.topk_mask(num_points=10, k=3)
   np.testing.assert_allclose(t.weights, [0.7, 0.3])
   # ott: w = min(0.02, 1.5/n, 0.5/|q|, half the gaps), fillers around.
   t, index = _targets.quantile_targets((0.5, 0.2), num_points=50)
@@ -353,69 +356,90 @@ def test_target_measure_constructors_match_ott():
   assert hash(t) == hash(_targets.quantile_targets((0.0, 1.0), 50)[0])
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"foo": 1}, r"unknown option\(s\) 'foo' for backend='sinkhorn'; its options are 'squashing'"),
-    ({"squashing": "tanh"}, r"squashing must be one of \['sigmoid', 'none'\]"),
-    ({"differentiation": "auto"},
-     r"differentiation must be one of \['implicit', 'unroll'\]; got 'auto'"),
-    ({"initializer": "sorting"}, r"initializer must be one of"),
-    ({"threshold": 0.0}, r"threshold must be a positive finite float; got 0.0"),
-    ({"threshold": float("nan")}, r"threshold must be a positive finite"),
-    ({"max_iterations": 0}, r"max_iterations must be >= 1"),
-    ({"min_iterations": 5, "max_iterations": 3},
-     r"max_iterations must be >= 5 \(at least min_iterations = 5\); got 3"),
-    ({"num_targets": 1}, r"num_targets must be >= 2; got 1"),
-    ({"num_targets": 2.5}, r"num_targets must be an int; got 2.5"),
-    ({"target_weights": [0.5, 0.6]},
-     r"target_weights must sum to 1 \(within 1e-05\); got sum 1.1"),
-    ({"target_weights": [1.5, -0.5]}, r"target_weights must all be positive"),
-    ({"target_weights": [0.5, 0.5], "num_targets": 3},
+@pytest.mark.parametrize("options, error, match", [
+    ({"foo": 1}, TypeError, r"unexpected keyword argument 'foo'"),
+    ({"squashing": "tanh"}, ValueError, r"squashing must be one of 'sigmoid', 'none'; got squashing = 'tanh'"),
+    ({"squashing": 3}, TypeError, r"squashing must be one of 'sigmoid', 'none'; got squashing = 3"),
+    ({"differentiation": "auto"}, ValueError,
+     r"differentiation must be one of 'implicit', 'unroll'; got differentiation = 'auto'"),
+    ({"initializer": "sorting"}, ValueError, r"initializer must be one of"),
+    ({"threshold": 0.0}, ValueError, r"threshold must be a positive finite number; got threshold = 0.0"),
+    ({"threshold": float("nan")}, ValueError, r"threshold must be a positive finite"),
+    ({"threshold": "1e-3"}, TypeError, r"threshold must be a real number"),
+    ({"max_iterations": 0}, ValueError, r"max_iterations must be an int in \[1, 2147483647\]"),
+    ({"max_iterations": 2**63}, ValueError, r"max_iterations must be an int in \[1, 2147483647\]"),
+    ({"max_iterations": 10.0}, TypeError, r"max_iterations must be an int"),
+    ({"min_iterations": 5, "max_iterations": 3}, ValueError,
+     r"max_iterations must be an int in \[5, 2147483647\] \(at least min_iterations, at least 1\); got "
+     r"max_iterations = 3"),
+])
+def test_bad_options_raise_errors_naming_them(options, error, match):
+  with pytest.raises(error, match=match):
+    Sinkhorn(**options)
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"num_targets": 1}, ValueError, r"num_targets must be an int >= 2; got num_targets = 1"),
+    ({"num_targets": 2.5}, TypeError, r"num_targets must be an int >= 2 .*; got num_targets = 2.5"),
+    ({"target_weights": [0.5, 0.6]}, ValueError, r"target_weights must sum to 1 \(within 1e-05\); got sum 1.1"),
+    ({"target_weights": [1.5, -0.5]}, ValueError, r"target_weights must all be positive"),
+    ({"target_weights": [0.5, 0.5], "num_targets": 3}, ValueError,
      r"target_weights must have length 3; got length 2"),
-    ({"target_weights": [[0.5, 0.5]]}, r"target_weights must be a non-empty"),
-    ({"target": "uniform"}, r"target must be a TargetMeasure or None; got str"),
-    ({"target": sk.TargetMeasure.uniform(3), "num_targets": 3},
+    ({"target_weights": [[0.5, 0.5]]}, ValueError, r"target_weights must be a non-empty"),
+    ({"target": "uniform"}, TypeError, r"target must be an otsort.TargetMeasure or None; got target = 'uniform'"),
+    ({"target": TargetMeasure.uniform(3), "num_targets": 3}, ValueError,
      r"give either target=TargetMeasure\(...\) or num_targets"),
 ])
-def test_bad_options_raise_value_errors_naming_them(options, match):
-  with pytest.raises(ValueError, match=match):
-    sk.parse_options(options)
+def test_bad_target_options_raise_errors_naming_them(options, error, match):
+  with pytest.raises(error, match=match):
+    _backend.target_measure(**options)
+
+
+def test_numpy_scalars_are_accepted_as_solver_settings():
+  backend = Sinkhorn(threshold=np.float32(1e-3), max_iterations=np.int64(50), min_iterations=np.array(2))
+  assert (backend.threshold, backend.max_iterations, backend.min_iterations) == (np.float32(1e-3), 50, 2)
+  assert type(backend.max_iterations) is int and type(backend.threshold) is float
+  assert hash(backend) == hash(Sinkhorn(threshold=float(np.float32(1e-3)), max_iterations=50, min_iterations=2))
 
 
 def test_target_measure_validation():
   with pytest.raises(ValueError, match=r"locations must be strictly increas"):
-    sk.TargetMeasure((0.0, 0.0), (0.5, 0.5))
+    TargetMeasure((0.0, 0.0), (0.5, 0.5))
   with pytest.raises(ValueError, match=r"weights must have length 2; got length 3"):
-    sk.TargetMeasure((0.0, 1.0), (0.2, 0.3, 0.5))
-  with pytest.raises(ValueError, match=r"k must be in \[1, 4\] with num_po"):
-    sk.TargetMeasure.topk(num_points=5, k=5)
+    TargetMeasure((0.0, 1.0), (0.2, 0.3, 0.5))
+  with pytest.raises(ValueError, match=r"k must be an int in \[1, 4\] with num_points = 5; got k = 5"):
+    TargetMeasure.topk(num_points=5, k=5)
 
 
 def test_traced_target_weights_are_refused():
   def f(w):
-    return sk.parse_options({"target_weights": w})
-  with pytest.raises(ValueError, match=r"target_weights must be a concrete"):
+    return _backend.target_measure(target_weights=w)
+  with pytest.raises(TypeError, match=r"target_weights must be a concrete"):
     jax.jit(f)(jnp.array([0.5, 0.5]))
 
 
-def test_options_are_hashable_and_target_options_apply_to_sort_only():
-  o = sk.parse_options({"target_weights": np.array([0.25, 0.75])})
-  assert hash(o) == hash(sk.parse_options({"target_weights": (0.25, 0.75)}))
+def test_target_measures_are_hashable_and_apply_to_sort_ranks_and_sort_with_only():
+  target = _backend.target_measure(target_weights=np.array([0.25, 0.75]))
+  assert hash(target) == hash(_backend.target_measure(target_weights=(0.25, 0.75)))
   x = _rows(14, 2, 6)
   shapes = jax.eval_shape(lambda x: (
-      sk.sort(x, descending=False, epsilon=EPS, options=o),
-      sk.ranks(x, descending=False, epsilon=EPS, options=o)), x)
-  assert [s.shape for s in shapes] == [(2, 2), (2, 6)]
-  with pytest.raises(ValueError, match=r"topk builds its own target measure"):
-    sk.topk(x, 2, epsilon=EPS, options=o)
+      DEFAULT.sort(x, descending=False, epsilon=EPS, target=target),
+      DEFAULT.ranks(x, descending=False, epsilon=EPS, target=target),
+      DEFAULT.sort_with(x, x[..., None], epsilon=EPS, target=target)), x)
+  assert [s.shape for s in shapes] == [(2, 2), (2, 6), (2, 2, 1)]
+  with pytest.raises(TypeError, match=r"unexpected keyword argument 'target'"):
+    DEFAULT.topk(x, 2, epsilon=EPS, target=target)
+  with pytest.raises(ValueError, match=r"sort_with\(topk=k\) builds its own target measure"):
+    DEFAULT.sort_with(x, x[..., None], 2, epsilon=EPS, target=target)
 
 
 def test_custom_target_and_callable_squashing():
   x = _rows(15, 2, 6)
-  target = sk.TargetMeasure((-3.0, 0.0, 3.0), (0.25, 0.5, 0.25))
-  o1 = sk.parse_options({"squashing": "none", "target": target})
-  o2 = sk.parse_options({"squashing": jax.nn.sigmoid})
+  target = TargetMeasure((-3.0, 0.0, 3.0), (0.25, 0.5, 0.25))
+  o1 = Sinkhorn(squashing="none")
+  o2 = Sinkhorn(squashing=jax.nn.sigmoid)
   s, r = jax.jit(lambda x: (
-      sk.sort(x, descending=False, epsilon=0.5, options=o1),
-      sk.ranks(x, descending=False, epsilon=EPS, options=o2)))(x)
+      o1.sort(x, descending=False, epsilon=0.5, target=target),
+      o2.ranks(x, descending=False, epsilon=EPS)))(x)
   assert s.shape == (2, 3) and bool(jnp.all(jnp.diff(s, axis=1) > 0))
   np.testing.assert_allclose(jnp.argsort(r), jnp.argsort(x))

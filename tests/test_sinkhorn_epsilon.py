@@ -1,6 +1,6 @@
 """Epsilon as data, and derivatives of the computed function (sinkhorn rows).
 
-The backend ops take ``epsilon`` as ``[batch]``, one value per row, possibly
+The backend object's operations take ``epsilon`` as ``[batch]``, one value per row, possibly
 traced. Gradients (reverse mode, float64) are checked against central finite
 differences without a second compilation: rows are independent problems, so
 one batch holds a row at ``(x, epsilon)`` and its perturbed copies at
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from otsort.sinkhorn import _backend as sk
+from otsort import Sinkhorn
 
 
 @pytest.fixture
@@ -31,18 +31,18 @@ def _spread_row(seed, n):
 # Every operator as a function of ([batch, n] rows, [batch] epsilons).
 def _ops(n, options, names=None):
   k = max(1, n // 3)
-  kw = dict(options=options)
+  backend, kw = options, {}
   ops = {
-      "sort": lambda x, e: sk.sort(x, descending=False, epsilon=e, **kw),
-      "ranks": lambda x, e: sk.ranks(x, descending=True, epsilon=e, **kw),
-      "quantile": lambda x, e: sk.quantile(x, (0.0, 0.3, 0.5, 1.0),
+      "sort": lambda x, e: backend.sort(x, descending=False, epsilon=e, **kw),
+      "ranks": lambda x, e: backend.ranks(x, descending=True, epsilon=e, **kw),
+      "quantile": lambda x, e: backend.quantile(x, (0.0, 0.3, 0.5, 1.0),
                                            epsilon=e, **kw),
-      "topk": lambda x, e: sk.topk(x, k, epsilon=e, **kw),
-      "topk_mask": lambda x, e: sk.topk_mask(x, k, epsilon=e, **kw),
-      "quantize": lambda x, e: sk.quantize(x, 3, epsilon=e, **kw),
-      "sort_with": lambda x, e: sk.sort_with(
+      "topk": lambda x, e: backend.topk(x, k, epsilon=e, **kw),
+      "topk_mask": lambda x, e: backend.topk_mask(x, k, epsilon=e, **kw),
+      "quantize": lambda x, e: backend.quantize(x, 3, epsilon=e, **kw),
+      "sort_with": lambda x, e: backend.sort_with(
           x, jnp.stack([x, jnp.cos(x)], -1), k, epsilon=e, **kw),
-      "quantile_normalization": lambda x, e: sk.quantile_normalization(
+      "quantile_normalization": lambda x, e: backend.quantile_normalization(
           x, jnp.linspace(-1.0, 2.0, 4), np.array([0.1, 0.2, 0.3, 0.4]),
           epsilon=e, **kw),
   }
@@ -78,7 +78,7 @@ def test_epsilon_per_row_traced_once_and_differentiated_implicitly(x64):
   # Tight threshold: implicit differentiation is exact at convergence (at
   # 1e-11 the gradient is still off by ~3e-8 at epsilon = 0.01).
   n = 7
-  o = sk.parse_options({"threshold": 1e-13, "max_iterations": 100000})
+  o = Sinkhorn(threshold=1e-13, max_iterations=100000)
   ops = _ops(n, o)
   traces = []
 
@@ -129,7 +129,7 @@ def test_unrolled_gradients_are_those_of_the_unconverged_iterates(x64, n):
   # still depend on where they started, the monotone duals. With the
   # gradient stopped there, d/dx was off by 0.4% (quantize, n = 5) to 76%
   # (quantile, n = 12). d/d epsilon is checked here too.
-  o = sk.parse_options({"differentiation": "unroll", "threshold": 1e-2})
+  o = Sinkhorn(differentiation="unroll", threshold=1e-2)
   f = _values_and_grads(_ops(n, o, _UNROLL_CASES[n]), argnums=(0, 1))
   rng = np.random.default_rng(n)
   x0, v = rng.normal(size=n), rng.normal(size=n)
@@ -154,7 +154,7 @@ def test_unrolled_gradients_are_those_of_the_unconverged_iterates(x64, n):
 def test_vmap_over_a_scalar_epsilon_matches_per_row_arrays():
   n = 6
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, n)), jnp.float32)
-  op = _ops(n, sk.parse_options({}), ("sort_with",))["sort_with"]
+  op = _ops(n, Sinkhorn(), ("sort_with",))["sort_with"]
   es = jnp.array([0.01, 0.05, 0.2], jnp.float32)
   # Inside the vmap each epsilon is a 0-d tracer, shared by both rows.
   mapped = jax.jit(jax.vmap(lambda e: op(x, e)))(es)
@@ -170,5 +170,4 @@ def test_epsilon_of_the_wrong_shape_is_refused():
   with pytest.raises(ValueError, match=r"epsilon must be a scalar or "
                      r"\[batch\] = \[2\] \(one value per row of x\); got "
                      r"shape \(3,\)"):
-    sk.sort(x, descending=False, epsilon=jnp.ones(3),
-            options=sk.parse_options({}))
+    Sinkhorn().sort(x, descending=False, epsilon=jnp.ones(3))

@@ -15,7 +15,8 @@ threshold, but ours are exact convex combinations whatever the solver
 stopped at: soft sorted values stay in :math:`[\min x, \max x]`, ranks in
 :math:`[0, n - 1]`, mask values in :math:`[0, 1]`.
 
-Every function here sees one row; the backend maps them over the batch.
+Every function here sees one row: ``readout(transport, x, ...)`` with the row's plan and its values ``x [n]``
+(and static or per-row extras); the backend maps them over the batch.
 """
 
 from __future__ import annotations
@@ -50,13 +51,37 @@ def sort(tr: Transport, x: jax.Array) -> jax.Array:
   return column_means(tr, x)
 
 
-def ranks(tr: Transport, locations: tuple[float, ...]) -> jax.Array:
+def sort_at(tr: Transport, x: jax.Array, *, index: tuple[int, ...]) -> jax.Array:
+  """The soft sorted values of the targets ``index`` (quantile and top-k targets): ``[len(index)]``."""
+  return column_means(tr, x)[np.asarray(index)]
+
+
+def ranks(tr: Transport, x: jax.Array, *, locations: tuple[float, ...]) -> jax.Array:
   """Soft ranks in ``[0, n - 1]``, ascending (smallest gets 0): ``[n]``."""
+  del x  # ranks are read off the plan alone
   n = tr.plan.shape[0]
   t = normalised_positions(locations, tr.plan.dtype)
   return (n - 1) * row_means(tr, t)
 
 
+def upper_share(tr: Transport, x: jax.Array) -> jax.Array:
+  """The share of each input's mass sent to the last target (the top-k mask of a two-target plan): ``[n]``."""
+  del x
+  return tr.plan[:, -1] / tr.row_sums
+
+
 def quantize(tr: Transport, x: jax.Array) -> jax.Array:
   """Each input replaced by the soft average of its soft levels: ``[n]``."""
   return row_means(tr, column_means(tr, x))
+
+
+def sort_values(tr: Transport, x: jax.Array, values: jax.Array, *, start: int) -> jax.Array:
+  """Per-target averages of the vectors ``values [n, d]`` for the targets from ``start`` on: ``[m - start, d]``."""
+  del x
+  return column_means(tr, values)[start:]
+
+
+def normalize(tr: Transport, x: jax.Array, targets: jax.Array) -> jax.Array:
+  """Each input replaced by the average target value ``targets [m]`` it is sent to: ``[n]``."""
+  del x
+  return row_means(tr, targets)

@@ -26,68 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
+from otsort import _checks
+
 __all__ = ["TargetMeasure"]
-
-# Target weights given by a user (often float32 arrays) must sum to 1 up to
-# this absolute tolerance; they are then renormalised exactly in float64.
-WEIGHT_SUM_ATOL = 1e-5
-
-
-def _as_float_tuple(name: str, value) -> tuple[float, ...]:
-  """Converts a concrete 1-D sequence or array to a tuple of Python floats."""
-  try:
-    arr = np.asarray(value, dtype=np.float64)
-  except Exception as e:  # A tracer cannot become a numpy array.
-    raise ValueError(
-        f"{name} must be a concrete 1-D sequence of floats (a list, tuple or a"
-        f" non-traced array) so that it can be checked at trace time; got "
-        f"{type(value).__name__}: {e}"
-    ) from None
-  if arr.ndim != 1 or arr.size == 0:
-    raise ValueError(
-        f"{name} must be a non-empty 1-D sequence; got shape {arr.shape}"
-    )
-  if not np.all(np.isfinite(arr)):
-    raise ValueError(f"{name} must be finite; got {arr.tolist()}")
-  return tuple(float(v) for v in arr)
-
-
-def check_weights(weights, *, name: str = "target_weights",
-                  length: int | None = None) -> tuple[float, ...]:
-  """Validates probability weights and returns them renormalised.
-
-  Args:
-    weights: concrete ``[m]`` weights.
-    name: the name used in error messages.
-    length: if given, the required ``m``.
-
-  Returns:
-    A tuple of ``m`` positive Python floats summing to 1.
-
-  Raises:
-    ValueError: if the weights are not 1-D, not finite, not of length
-      ``length``, not all positive, or do not sum to 1 within
-      ``WEIGHT_SUM_ATOL``.
-  """
-  w = _as_float_tuple(name, weights)
-  if length is not None and len(w) != length:
-    raise ValueError(
-        f"{name} must have length {length}; got length {len(w)}"
-    )
-  arr = np.asarray(w)
-  # Zero weights are refused rather than masked: a target with no mass has a
-  # dual potential of -inf, which only adds NaN risks to gradients. Drop it.
-  if np.any(arr <= 0):
-    raise ValueError(
-        f"{name} must all be positive (drop targets with zero mass); got "
-        f"{list(w)}"
-    )
-  total = float(arr.sum())
-  if abs(total - 1.0) > WEIGHT_SUM_ATOL:
-    raise ValueError(
-        f"{name} must sum to 1 (within {WEIGHT_SUM_ATOL}); got sum {total!r}"
-    )
-  return tuple(float(v) for v in arr / total)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +65,7 @@ class TargetMeasure:
   weights: tuple[float, ...]
 
   def __post_init__(self):
-    locations = _as_float_tuple("locations", self.locations)
+    locations = _checks.concrete_floats("locations", self.locations)
     if len(locations) < 2:
       raise ValueError(
           f"TargetMeasure needs at least 2 locations; got {list(locations)}"
@@ -133,8 +74,8 @@ class TargetMeasure:
       raise ValueError(
           f"locations must be strictly increasing; got {list(locations)}"
       )
-    weights = check_weights(self.weights, name="weights",
-                            length=len(locations))
+    weights = _checks.check_weights("weights", self.weights,
+                                    length=len(locations))
     object.__setattr__(self, "locations", locations)
     object.__setattr__(self, "weights", weights)
 
@@ -155,7 +96,7 @@ class TargetMeasure:
     Returns:
       The measure used by the soft sort and ranks (``m = n`` by default).
     """
-    _check_int("num_targets", num_targets, low=2)
+    num_targets = _checks.check_int("num_targets", num_targets, low=2)
     if weights is None:
       weights = np.full(num_targets, 1.0 / num_targets)
     return cls(np.linspace(0.0, 1.0, num_targets), weights)
@@ -218,8 +159,8 @@ def quantile_targets(
   Returns:
     ``(measure, index)`` where ``index[i]`` is the target reading out ``q[i]``.
   """
-  _check_int("num_points", num_points, low=1)
-  q = _as_float_tuple("q", q)
+  num_points = _checks.check_int("num_points", num_points, low=1)
+  q = _checks.concrete_floats("q", q)
   if min(q) < 0.0 or max(q) > 1.0:
     raise ValueError(f"q must lie in [0, 1]; got {list(q)}")
   levels = np.unique(np.asarray(q))
@@ -242,18 +183,7 @@ def quantile_targets(
   return measure, index
 
 
-def _check_int(name, value, *, low=None, high=None, why=""):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{name} must be an int; got {value!r}")
-  if (low is not None and value < low) or (high is not None and value > high):
-    rng = f"[{low if low is not None else '-inf'}, "
-    rng += f"{high if high is not None else 'inf'}]"
-    raise ValueError(
-        f"{name} must be in {rng}{' ' + why if why else ''}; got {value}"
-    )
-
-
 def _check_topk(num_points, k):
-  _check_int("num_points", num_points, low=2)
-  _check_int("k", k, low=1, high=num_points - 1,
-             why=f"with num_points = {num_points}")
+  num_points = _checks.check_int("num_points", num_points, low=2)
+  _checks.check_int("k", k, low=1, high=num_points - 1,
+                    where=f"with num_points = {num_points}")
