@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
-import os
 import time
 
 from benchmarks import _memory
@@ -22,8 +22,13 @@ SIZES = "1x100,1x1000,64x100,64x1000,256x1000,8x100000,1x1000000"
 QUICK_SIZES = "1x1000"
 SCALING_NS = (1_000, 10_000, 100_000, 1_000_000)
 MEMORY_NS = (1_000_000, 10_000_000)
-MEMORY_CASES = (("pav-native-l2", "ranks"), ("pav-native-kl", "ranks"), ("jnp", "sort"), ("torch", "sort"),
-                ("torchsort", "ranks"))
+MEMORY_CASES = (
+  ("pav-native-l2", "ranks"),
+  ("pav-native-kl", "ranks"),
+  ("jnp", "sort"),
+  ("torch", "sort"),
+  ("torchsort", "ranks"),
+)
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -40,22 +45,38 @@ def _sizes(text: str) -> list[tuple[int, int]]:
 def parse_args(argv) -> argparse.Namespace:
   keys = [m.key for m in _methods.all_methods()]
   parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out"),
-                      help="folder for results.md and results.json (default: benchmarks/out)")
-  parser.add_argument("--quick", action="store_true",
-                      help=f"smoke run: sizes {QUICK_SIZES}, short cells, small scaling and memory cases")
+  parser.add_argument(
+    "--out",
+    default=str(pathlib.Path(__file__).parent / "out"),
+    help="folder for results.md and results.json (default: benchmarks/out)",
+  )
+  parser.add_argument(
+    "--quick", action="store_true", help=f"smoke run: sizes {QUICK_SIZES}, short cells, small scaling and memory cases"
+  )
   parser.add_argument("--sizes", help=f"comma-separated BATCHxN (default: {SIZES})")
-  parser.add_argument("--methods", help=f"comma-separated subset of {','.join(keys)} (jnp always runs: it is "
-                      "the reference of the ratios)")
+  parser.add_argument(
+    "--methods", help=f"comma-separated subset of {','.join(keys)} (jnp always runs: it is the reference of the ratios)"
+  )
   parser.add_argument("--cell-time", type=float, help="seconds of repeats per cell (default 0.5; quick 0.05)")
-  parser.add_argument("--max-call-s", type=float, default=10.0,
-                      help="skip cells whose one call is predicted slower than this (default 10)")
-  parser.add_argument("--torch-threads", type=int,
-                      help="torch.set_num_threads for torchsort and torch.sort (default: as many threads as XLA's "
-                      "CPU client uses, so both sides run on the same threads; another value is reported, and "
-                      "the targets against torch are then not judged)")
-  parser.add_argument("--otsort", metavar="DIR", help="time the otsort package in DIR (e.g. an earlier commit "
-                      "installed with pip install --no-deps --target DIR) instead of the installed one")
+  parser.add_argument(
+    "--max-call-s",
+    type=float,
+    default=10.0,
+    help="skip cells whose one call is predicted slower than this (default 10)",
+  )
+  parser.add_argument(
+    "--torch-threads",
+    type=int,
+    help="torch.set_num_threads for torchsort and torch.sort (default: as many threads as XLA's "
+    "CPU client uses, so both sides run on the same threads; another value is reported, and "
+    "the targets against torch are then not judged)",
+  )
+  parser.add_argument(
+    "--otsort",
+    metavar="DIR",
+    help="time the otsort package in DIR (e.g. an earlier commit "
+    "installed with pip install --no-deps --target DIR) instead of the installed one",
+  )
   parser.add_argument("--otsort-label", help="free text saying what --otsort DIR is (shown in the report)")
   parser.add_argument("--no-scaling", action="store_true", help="skip the exponent fit")
   parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
@@ -104,7 +125,7 @@ def main(argv=None) -> dict:
   memory = []
   if not args.no_memory:
     cases = MEMORY_CASES[:1] if args.quick else MEMORY_CASES
-    for n in ((100_000,) if args.quick else MEMORY_NS):
+    for n in (100_000,) if args.quick else MEMORY_NS:
       for key, op in cases:
         if key in unavailable or (chosen is not None and key not in chosen):
           continue
@@ -116,9 +137,16 @@ def main(argv=None) -> dict:
   env["threads"] = {"xla": xla_threads, "xla_how": xla_how, "torch": torch_threads}
   env["otsort"] = _provenance.summary(_provenance.describe(args.otsort_label))
   target_rows = _report.targets(cells, scaling, memory, env["threads"])
-  options = {"sizes": [f"{b}x{n}" for b, n in sizes], "cell_time": cell_time, "max_call_s": args.max_call_s,
-             "quick": args.quick, "torch_threads": torch_threads, "otsort": args.otsort,
-             "methods": [m.key for m in methods], "wall_s": round(time.perf_counter() - started, 1)}
+  options = {
+    "sizes": [f"{b}x{n}" for b, n in sizes],
+    "cell_time": cell_time,
+    "max_call_s": args.max_call_s,
+    "quick": args.quick,
+    "torch_threads": torch_threads,
+    "otsort": args.otsort,
+    "methods": [m.key for m in methods],
+    "wall_s": round(time.perf_counter() - started, 1),
+  }
   notes = {m.key: m.note for m in methods if m.note}
   text = _report.markdown(env, cells, scaling, memory, target_rows, unavailable, notes)
   report = _report.json_report(env, cells, scaling, memory, target_rows, unavailable, notes, options)

@@ -16,10 +16,10 @@ regularization=..., impl=...)`` (pav) and ``otsort.ranks(x, epsilon=1e-2, backen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
 import os
 import re
-from typing import Callable
 
 import numpy as np
 
@@ -119,6 +119,7 @@ class OtsortPav(Method):
 
   def unavailable(self):
     import jax.numpy as jnp
+
     import otsort
 
     try:
@@ -130,8 +131,9 @@ class OtsortPav(Method):
   def _row_fn(self, op):
     import otsort
 
-    return functools.partial(getattr(otsort, op), epsilon=PAV_EPSILON, impl=self.impl,
-                             regularization=self.regularization)
+    return functools.partial(
+      getattr(otsort, op), epsilon=PAV_EPSILON, impl=self.impl, regularization=self.regularization
+    )
 
 
 class OtsortSinkhorn(Method):
@@ -144,6 +146,7 @@ class OtsortSinkhorn(Method):
 
   def unavailable(self):
     import jax.numpy as jnp
+
     import otsort
 
     try:
@@ -274,8 +277,8 @@ class Jaxopt(Method):
   def unavailable(self):
     try:
       import jax.numpy as jnp
-      import numba  # noqa: F401
       from jaxopt._src import isotonic
+      import numba  # noqa: F401
     except Exception as error:  # noqa: BLE001
       return summarize(error)
     try:
@@ -296,8 +299,10 @@ class Jaxopt(Method):
       isotonic.isotonic_l2_pav(jnp.arange(3.0)).block_until_ready()
     except Exception as error:  # noqa: BLE001
       return f"{failure}; still failing with the callback argument wrapped in np.asarray: {summarize(error)}"
-    self.note = (f"jaxopt.isotonic.isotonic_l2_pav fails as installed ({failure}); timed with its numba kernel "
-                 "called on np.asarray(y) inside jaxopt's own pure_callback and custom_jvp, nothing else changed.")
+    self.note = (
+      f"jaxopt.isotonic.isotonic_l2_pav fails as installed ({failure}); timed with its numba kernel "
+      "called on np.asarray(y) inside jaxopt's own pure_callback and custom_jvp, nothing else changed."
+    )
     return None
 
   def skip(self, op, mode, batch, n):
@@ -419,16 +424,16 @@ class Torch(_TorchMethod):
 
 def all_methods() -> list[Method]:
   return [
-      OtsortPav("pav-native-l2", "native", "l2"),
-      OtsortPav("pav-native-kl", "native", "kl"),
-      OtsortPav("pav-xla", "xla", "l2"),
-      OtsortSinkhorn(),
-      Jnp(),
-      Ott(),
-      Jaxopt(),
-      Torchsort("l2"),
-      Torchsort("kl"),
-      Torch(),
+    OtsortPav("pav-native-l2", "native", "l2"),
+    OtsortPav("pav-native-kl", "native", "kl"),
+    OtsortPav("pav-xla", "xla", "l2"),
+    OtsortSinkhorn(),
+    Jnp(),
+    Ott(),
+    Jaxopt(),
+    Torchsort("l2"),
+    Torchsort("kl"),
+    Torch(),
   ]
 
 

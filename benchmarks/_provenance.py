@@ -57,8 +57,7 @@ def use_from_environment() -> None:
 
 def _git(folder: pathlib.Path, *args: str) -> str | None:
   try:
-    done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=False,
-                          timeout=30)
+    done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=False, timeout=30)
   except (OSError, subprocess.TimeoutExpired):
     return None
   return done.stdout.strip() if done.returncode == 0 else None

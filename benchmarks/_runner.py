@@ -14,10 +14,10 @@ took more than half of ``max_call_s``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import gc
 import time
-from typing import Callable
 
 import numpy as np
 
@@ -60,9 +60,17 @@ def hard(op: str, x: np.ndarray) -> np.ndarray:
   return np.argsort(np.argsort(x, axis=-1, kind="stable"), axis=-1, kind="stable").astype(np.float64)
 
 
-def run_cells(sizes: list[tuple[int, int]], methods: list[_methods.Method], *, ops=_methods.OPS,
-              modes=_methods.MODES, cell_time: float = 0.5, max_call_s: float = 10.0, slow_call_s: float = 2.0,
-              log: Callable[[str], None] = print) -> list[Cell]:
+def run_cells(
+  sizes: list[tuple[int, int]],
+  methods: list[_methods.Method],
+  *,
+  ops=_methods.OPS,
+  modes=_methods.MODES,
+  cell_time: float = 0.5,
+  max_call_s: float = 10.0,
+  slow_call_s: float = 2.0,
+  log: Callable[[str], None] = print,
+) -> list[Cell]:
   cells: list[Cell] = []
   largest: dict[tuple[str, str, str], tuple[float, float]] = {}  # (key, op, mode) -> (cost, seconds)
   failed: dict[tuple[str, str, str], str] = {}  # (key, op, mode) -> the first size where it failed
@@ -113,8 +121,9 @@ def _line(cell: Cell) -> str:
   return f"{cell.op:5s} {cell.batch:>4d}x{cell.n:<8d} {cell.method:34s} {cell.mode:8s} {ms}  {cell.status}"
 
 
-def _prepare_cell(cell, method, x, w, reference, largest, cell_time, max_call_s,
-                  slow_call_s) -> tuple[_methods.Call, float] | None:
+def _prepare_cell(
+  cell, method, x, w, reference, largest, cell_time, max_call_s, slow_call_s
+) -> tuple[_methods.Call, float] | None:
   """Compiles and checks one cell and estimates a call; (call, estimate), or None with the status set."""
   batch, n = x.shape
   reason = method.skip(cell.op, cell.mode, batch, n)
@@ -188,16 +197,16 @@ def paired_ratio(a: Cell, b: Cell) -> float | None:
   return float(np.median([a.per_sample[i] / b.per_sample[i] for i in range(rounds)]))
 
 
-def scaling(method: _methods.Method, ns: list[int], cells: list[Cell], *, cell_time: float,
-            log: Callable[[str], None] = print) -> dict:
+def scaling(
+  method: _methods.Method, ns: list[int], cells: list[Cell], *, cell_time: float, log: Callable[[str], None] = print
+) -> dict:
   """Seconds of ranks fwd+bwd for one row of each n (reusing cells of the main table), and the exponent p of
   the least-squares fit seconds ~ n^p."""
   points = []
   for n in ns:
     cell = find(cells, op="ranks", key=method.key, mode="fwd+bwd", batch=1, n=n)
     if cell is None:
-      cell = run_cells([(1, n)], [method], ops=("ranks",), modes=("fwd+bwd",), cell_time=cell_time,
-                       log=log)[0]
+      cell = run_cells([(1, n)], [method], ops=("ranks",), modes=("fwd+bwd",), cell_time=cell_time, log=log)[0]
     if cell.seconds is not None:
       points.append((n, cell.seconds))
   exponent = None

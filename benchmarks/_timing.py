@@ -16,11 +16,11 @@ sample (round by round).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import math
 import statistics
 import time
-from typing import Callable, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +68,9 @@ def plan(estimate_s: float, *, cell_time: float, samples: int = 7) -> tuple[int,
   return samples, max(1, min(10_000, math.ceil(cell_time / (samples * max(estimate_s, 1e-7)))))
 
 
-def interleave(calls: Sequence[Callable[[], object]], estimates: Sequence[float], *, cell_time: float = 0.5,
-               samples: int = 7) -> list[Timing]:
+def interleave(
+  calls: Sequence[Callable[[], object]], estimates: Sequence[float], *, cell_time: float = 0.5, samples: int = 7
+) -> list[Timing]:
   """Times every call (each already called once), round-robin: round r takes sample r of every call that has
   one. Returns one :class:`Timing` per call, in order."""
   plans = [plan(e, cell_time=cell_time, samples=samples) for e in estimates]
@@ -81,8 +82,9 @@ def interleave(calls: Sequence[Callable[[], object]], estimates: Sequence[float]
   return [Timing(statistics.median(t), len(t), inner, min(t), tuple(t)) for t, (_, inner) in zip(times, plans)]
 
 
-def time_call(fn: Callable[[], object], *, cell_time: float = 0.5, slow_call_s: float = 2.0,
-              samples: int = 7) -> Timing:
+def time_call(
+  fn: Callable[[], object], *, cell_time: float = 0.5, slow_call_s: float = 2.0, samples: int = 7
+) -> Timing:
   """Times ``fn`` alone (it must block until its result is ready and must have been called once already).
 
   Args:

@@ -36,8 +36,10 @@ def main(argv=None) -> None:
   parser.add_argument("--cell-time", type=float, default=0.5)
   args = parser.parse_args(argv)
   if not any(d.platform == "gpu" for d in jax.devices()):
-    sys.exit(f"benchmarks.gpu needs a CUDA GPU visible to JAX (install jax[cuda]); JAX sees only "
-             f"{jax.devices()}. Nothing was timed.")
+    sys.exit(
+      f"benchmarks.gpu needs a CUDA GPU visible to JAX (install jax[cuda]); JAX sees only "
+      f"{jax.devices()}. Nothing was timed."
+    )
   print(f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}\n")
   print("| op | batch x n | method | fwd ms | fwd / argsort | fwd+bwd ms |")
   print("|---|---|---|---:|---:|---:|")
@@ -53,8 +55,11 @@ def main(argv=None) -> None:
         calls.append(jax.jit(jax.grad(lambda x, w, fn=fn: jnp.sum(w * fn(x)))))
       for k, compiled in enumerate(calls):
         try:
-          call = (lambda c=compiled: c(x).block_until_ready()) if k == 0 else (
-              lambda c=compiled: c(x, w).block_until_ready())
+          call = (
+            (lambda c=compiled: c(x).block_until_ready())
+            if k == 0
+            else (lambda c=compiled: c(x, w).block_until_ready())
+          )
           call()
           times.append(_timing.time_call(call, cell_time=args.cell_time).seconds)
         except Exception as error:  # noqa: BLE001 - report and go on
@@ -64,8 +69,9 @@ def main(argv=None) -> None:
         argsort_s = times[0]
       fmt = lambda s: "" if s is None else f"{s * 1e3:.3g}"
       ratio = f"{times[0] / argsort_s:.2f}x" if times[0] and argsort_s else ""
-      print(f"| {op} | {batch}x{n} | {name} | {fmt(times[0])} | {ratio} | "
-            f"{fmt(times[1]) if len(times) > 1 else 'n/a'} |")
+      print(
+        f"| {op} | {batch}x{n} | {name} | {fmt(times[0])} | {ratio} | {fmt(times[1]) if len(times) > 1 else 'n/a'} |"
+      )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ returns, and Python handles signals only in the main thread, so this is what let
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 import contextlib
 import os
 import pathlib
@@ -26,7 +27,7 @@ import signal
 import stat
 import sys
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any
 import warnings
 
 import numpy as np
@@ -41,8 +42,10 @@ _WORKER_DONE: threading.Event | None = None
 
 
 # `otsort compare` ran the regularization comparison, which is no longer part of the library.
-_MOVED_COMPARE = ("the regularization comparison moved out of the library: run "
-                  "`python tutorials/comparing_regularizations.py` in a checkout of the repository")
+_MOVED_COMPARE = (
+  "the regularization comparison moved out of the library: run "
+  "`python tutorials/comparing_regularizations.py` in a checkout of the repository"
+)
 
 
 class _UsageError(Exception):
@@ -84,9 +87,13 @@ def _demo_rows(x: np.ndarray, k: int, backend: str, epsilon: float, options: dic
 
   tag = backend + (f"-{options['regularization']}" if options else "") + f" eps={epsilon:g}"
   kw = dict(epsilon=epsilon, backend=backend, **options)
-  rows = [(f"sort ({tag})", otsort.sort(x, **kw)), (f"ranks ({tag})", otsort.ranks(x, **kw)),
-          (f"quantiles ({tag})", otsort.quantile(x, [0.25, 0.5, 0.75], **kw)),
-          (f"top-{k} ({tag})", otsort.topk(x, k, **kw)), (f"top-{k} mask ({tag})", otsort.topk_mask(x, k, **kw))]
+  rows = [
+    (f"sort ({tag})", otsort.sort(x, **kw)),
+    (f"ranks ({tag})", otsort.ranks(x, **kw)),
+    (f"quantiles ({tag})", otsort.quantile(x, [0.25, 0.5, 0.75], **kw)),
+    (f"top-{k} ({tag})", otsort.topk(x, k, **kw)),
+    (f"top-{k} mask ({tag})", otsort.topk_mask(x, k, **kw)),
+  ]
   return [(label, np.asarray(values)) for label, values in rows]
 
 
@@ -94,13 +101,18 @@ def demo(args: argparse.Namespace) -> None:
   x = _DEMO_X
   k = 2
   blocks = []
-  for backend, options, epsilon in (("pav", {}, args.epsilon_pav), ("pav", {"regularization": "kl"}, args.epsilon_pav),
-                                    ("sinkhorn", {}, args.epsilon_sinkhorn)):
+  for backend, options, epsilon in (
+    ("pav", {}, args.epsilon_pav),
+    ("pav", {"regularization": "kl"}, args.epsilon_pav),
+    ("sinkhorn", {}, args.epsilon_sinkhorn),
+  ):
     blocks.append(rows := _compute(_demo_rows, x, k, backend, epsilon, options))
     for label, values in rows:  # checked before anything is printed: a table of NaN explains nothing
       if not np.isfinite(values).all():
-        raise _UsageError(f"{label} gave non-finite values {values}; --epsilon-{backend} {epsilon:g} is too small "
-                          f"for the {backend} backend: try a larger one")
+        raise _UsageError(
+          f"{label} gave non-finite values {values}; --epsilon-{backend} {epsilon:g} is too small "
+          f"for the {backend} backend: try a larger one"
+        )
   print(_format_row("x", x))
   print(_format_row("hard sort", np.sort(x)))
   print(_format_row("hard ranks", np.argsort(np.argsort(x))))
@@ -144,8 +156,10 @@ def _read_image(path: pathlib.Path) -> tuple[np.ndarray, str]:
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
     found = re.search(r"\((\d+) pixels\)", str(error))
     size = f"{int(found[1])} pixels" if found else "too many pixels"
-    raise _UsageError(f"cannot read {str(path)!r}: the image has {size}; the limit is {Image.MAX_IMAGE_PIXELS} "
-                      "pixels (Pillow's guard against decompression bombs, PIL.Image.MAX_IMAGE_PIXELS)") from None
+    raise _UsageError(
+      f"cannot read {str(path)!r}: the image has {size}; the limit is {Image.MAX_IMAGE_PIXELS} "
+      "pixels (Pillow's guard against decompression bombs, PIL.Image.MAX_IMAGE_PIXELS)"
+    ) from None
   except (Image.UnidentifiedImageError, OSError, ValueError) as error:
     raise _UsageError(f"cannot read {str(path)!r} as an image: {error}") from None
 
@@ -228,15 +242,18 @@ def filter_image(args: argparse.Namespace) -> None:
   # the filter's own error). Past the machine's memory it would swap or be killed rather than fail.
   needed, memory = pixels.size * args.size**2 * 4, _memory_bytes()
   if 1 <= args.size <= min(pixels.shape[:2]) and memory is not None and needed > memory:
-    raise _UsageError(f"--size {args.size} on this {pixels.shape[1]}x{pixels.shape[0]} image needs at least "
-                      f"{_format_bytes(needed)} for its windows, more than this machine's {_format_bytes(memory)} "
-                      "of memory; use a smaller --size")
+    raise _UsageError(
+      f"--size {args.size} on this {pixels.shape[1]}x{pixels.shape[0]} image needs at least "
+      f"{_format_bytes(needed)} for its windows, more than this machine's {_format_bytes(memory)} "
+      "of memory; use a smaller --size"
+    )
 
   import otsort.filters
 
   def run() -> np.ndarray:
-    return np.asarray(otsort.filters.quantile_filter(pixels, args.q, size=args.size, epsilon=args.epsilon,
-                                                     backend=args.backend))  # np.asarray waits for XLA
+    return np.asarray(
+      otsort.filters.quantile_filter(pixels, args.q, size=args.size, epsilon=args.epsilon, backend=args.backend)
+    )  # np.asarray waits for XLA
 
   try:
     filtered = _compute(run)
@@ -244,16 +261,20 @@ def filter_image(args: argparse.Namespace) -> None:
     raise _UsageError(str(error)) from None
   epsilon = "the backend's default epsilon" if args.epsilon is None else f"epsilon = {args.epsilon:g}"
   if not np.isfinite(filtered).all():
-    raise _UsageError(f"the {args.backend} backend at {epsilon} gave non-finite values (NaN or inf) for "
-                      f"{np.count_nonzero(~np.isfinite(filtered))} of {filtered.size} pixels; nothing was written. "
-                      "Try a larger --epsilon.")
+    raise _UsageError(
+      f"the {args.backend} backend at {epsilon} gave non-finite values (NaN or inf) for "
+      f"{np.count_nonzero(~np.isfinite(filtered))} of {filtered.size} pixels; nothing was written. "
+      "Try a larger --epsilon."
+    )
   result = Image.fromarray(np.round(np.clip(filtered, 0, 1) * 255).astype(np.uint8), mode=mode)
   try:
     _write_atomically(output, lambda file: result.save(file, format="PNG"))
   except OSError as error:
     raise _UsageError(f"cannot write OUT {str(output)!r}: {error.strerror or error}") from None
-  print(f"wrote {output} ({pixels.shape[1]}x{pixels.shape[0]}, q={args.q:g}, size={args.size}, "
-        f"backend={args.backend}, epsilon={'default' if args.epsilon is None else f'{args.epsilon:g}'})")
+  print(
+    f"wrote {output} ({pixels.shape[1]}x{pixels.shape[0]}, q={args.q:g}, size={args.size}, "
+    f"backend={args.backend}, epsilon={'default' if args.epsilon is None else f'{args.epsilon:g}'})"
+  )
 
 
 def _positive_float(text: str) -> float:
@@ -277,36 +298,57 @@ def _level(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="otsort", description="Differentiable sorting, ranking, quantiles and "
-                                   "top-k for JAX.")
+  parser = argparse.ArgumentParser(
+    prog="otsort", description="Differentiable sorting, ranking, quantiles and top-k for JAX."
+  )
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-  demo_parser = commands.add_parser("demo", help="soft operations of a small example on both backends",
-                                    description="Print the soft sort, ranks, quartiles, top-2 values and top-2 "
-                                    "mask of a small example beside the hard ones, with pav (L2 and KL "
-                                    "regularization) and sinkhorn.")
-  demo_parser.add_argument("--epsilon-pav", type=_positive_float, default=0.5, metavar="E",
-                           help="epsilon of the pav backend (default: 0.5)")
-  demo_parser.add_argument("--epsilon-sinkhorn", type=_positive_float, default=0.05, metavar="E",
-                           help="epsilon of the sinkhorn backend (default: 0.05)")
+  demo_parser = commands.add_parser(
+    "demo",
+    help="soft operations of a small example on both backends",
+    description="Print the soft sort, ranks, quartiles, top-2 values and top-2 "
+    "mask of a small example beside the hard ones, with pav (L2 and KL "
+    "regularization) and sinkhorn.",
+  )
+  demo_parser.add_argument(
+    "--epsilon-pav", type=_positive_float, default=0.5, metavar="E", help="epsilon of the pav backend (default: 0.5)"
+  )
+  demo_parser.add_argument(
+    "--epsilon-sinkhorn",
+    type=_positive_float,
+    default=0.05,
+    metavar="E",
+    help="epsilon of the sinkhorn backend (default: 0.05)",
+  )
   demo_parser.set_defaults(run=demo)
 
-  filter_parser = commands.add_parser("filter", help="soft quantile (median) filter of an image file",
-                                      description="Filter an image (grayscale, or RGB channel by channel) with a "
-                                      "soft quantile filter, the soft median by default, and write the result as "
-                                      "PNG. Needs Pillow: pip install \"otsort[cli]\".")
-  filter_parser.add_argument("input", metavar="IN", help="input image (any format Pillow reads, up to "
-                             "PIL.Image.MAX_IMAGE_PIXELS pixels)")
+  filter_parser = commands.add_parser(
+    "filter",
+    help="soft quantile (median) filter of an image file",
+    description="Filter an image (grayscale, or RGB channel by channel) with a "
+    "soft quantile filter, the soft median by default, and write the result as "
+    'PNG. Needs Pillow: pip install "otsort[cli]".',
+  )
+  filter_parser.add_argument(
+    "input", metavar="IN", help="input image (any format Pillow reads, up to PIL.Image.MAX_IMAGE_PIXELS pixels)"
+  )
   filter_parser.add_argument("output", metavar="OUT", help="output PNG file")
   filter_parser.add_argument("--q", type=_level, default=0.5, help="quantile level in [0, 1] (default: 0.5)")
-  filter_parser.add_argument("--size", type=int, default=3,
-                             help="window side: size x size pixels, at most the image's height and width "
-                             "(default: 3)")
-  filter_parser.add_argument("--epsilon", type=_positive_float, default=None,
-                             help="regularization strength, > 0 (default: the backend's, 1.0 for pav, 0.01 for "
-                             "sinkhorn)")
-  filter_parser.add_argument("--backend", choices=("pav", "sinkhorn"), default="pav",
-                             help="soft sorting backend (default: pav)")
+  filter_parser.add_argument(
+    "--size",
+    type=int,
+    default=3,
+    help="window side: size x size pixels, at most the image's height and width (default: 3)",
+  )
+  filter_parser.add_argument(
+    "--epsilon",
+    type=_positive_float,
+    default=None,
+    help="regularization strength, > 0 (default: the backend's, 1.0 for pav, 0.01 for sinkhorn)",
+  )
+  filter_parser.add_argument(
+    "--backend", choices=("pav", "sinkhorn"), default="pav", help="soft sorting backend (default: pav)"
+  )
   filter_parser.set_defaults(run=filter_image)
 
   return parser

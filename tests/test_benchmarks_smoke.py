@@ -21,8 +21,20 @@ _METHODS = ("pav-native-l2", "pav-native-kl", "pav-xla", "jnp")
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
   out = tmp_path_factory.mktemp("bench")
-  result = harness.main(["--sizes", "2x64", "--methods", ",".join(_METHODS), "--cell-time", "0.005",
-                         "--no-memory", "--no-scaling", "--out", str(out)])
+  result = harness.main(
+    [
+      "--sizes",
+      "2x64",
+      "--methods",
+      ",".join(_METHODS),
+      "--cell-time",
+      "0.005",
+      "--no-memory",
+      "--no-scaling",
+      "--out",
+      str(out),
+    ]
+  )
   return out, result
 
 
@@ -66,8 +78,20 @@ def test_soft_ranks_error_is_reported_and_native_agrees_with_xla(report):
 def test_torch_anchors_absent_are_listed_with_the_reason_not_a_crash(tmp_path, monkeypatch):
   for name in ("torch", "torchsort"):
     monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed (the CI has no torch)
-  result = harness.main(["--sizes", "1x32", "--methods", "pav-native-l2,torch,torchsort,torchsort-kl",
-                         "--cell-time", "0.005", "--no-memory", "--no-scaling", "--out", str(tmp_path)])
+  result = harness.main(
+    [
+      "--sizes",
+      "1x32",
+      "--methods",
+      "pav-native-l2,torch,torchsort,torchsort-kl",
+      "--cell-time",
+      "0.005",
+      "--no-memory",
+      "--no-scaling",
+      "--out",
+      str(tmp_path),
+    ]
+  )
   assert set(result["unavailable"]) == {"torch", "torchsort", "torchsort-kl"}
   assert all("torch" in reason for reason in result["unavailable"].values())
   assert {cell["key"] for cell in result["cells"]} == {"pav-native-l2", "jnp"}
@@ -88,8 +112,9 @@ def test_interleaved_samples_take_turns():
   from benchmarks import _timing
 
   order = []
-  timings = _timing.interleave([lambda: order.append("a"), lambda: order.append("b")], [1.0, 1.0],
-                               cell_time=3.0, samples=5)
+  timings = _timing.interleave(
+    [lambda: order.append("a"), lambda: order.append("b")], [1.0, 1.0], cell_time=3.0, samples=5
+  )
   assert order == ["a", "b"] * 3  # slow calls: 3 samples of one call each, round by round
   assert [t.samples for t in timings] == [3, 3] and all(len(t.per_sample) == 3 for t in timings)
 
@@ -97,18 +122,32 @@ def test_interleaved_samples_take_turns():
 def _cell(key, op, mode, batch, n, seconds, regularization="l2"):
   from benchmarks import _runner
 
-  return _runner.Cell(op, batch, n, key, key, mode, "1", regularization, seconds=seconds, samples=3,
-                      best_seconds=seconds, per_sample=[seconds] * 3)
+  return _runner.Cell(
+    op,
+    batch,
+    n,
+    key,
+    key,
+    mode,
+    "1",
+    regularization,
+    seconds=seconds,
+    samples=3,
+    best_seconds=seconds,
+    per_sample=[seconds] * 3,
+  )
 
 
 def test_targets_judge_ratios_of_one_run_and_refuse_unequal_threads():
   from benchmarks import _report
 
-  cells = [_cell("pav-native-l2", "ranks", "fwd+bwd", 64, 1000, 1.0),
-           _cell("pav-native-kl", "ranks", "fwd+bwd", 64, 1000, 2.0, "kl"),
-           _cell("torchsort", "ranks", "fwd+bwd", 64, 1000, 4.0),
-           _cell("torchsort-kl", "ranks", "fwd+bwd", 64, 1000, 3.0, "kl"),
-           _cell("torch", "sort", "fwd", 64, 1000, 1.5)]
+  cells = [
+    _cell("pav-native-l2", "ranks", "fwd+bwd", 64, 1000, 1.0),
+    _cell("pav-native-kl", "ranks", "fwd+bwd", 64, 1000, 2.0, "kl"),
+    _cell("torchsort", "ranks", "fwd+bwd", 64, 1000, 4.0),
+    _cell("torchsort-kl", "ranks", "fwd+bwd", 64, 1000, 3.0, "kl"),
+    _cell("torch", "sort", "fwd", 64, 1000, 1.5),
+  ]
   rows = {t["target"]: t for t in _report.targets(cells, None, [], {"xla": 2, "torch": 2})}
   assert rows["ranks fwd+bwd 64x1000 L2 <= 0.5x torchsort soft_rank l2 fwd+bwd (same threads)"]["result"] == "PASS"
   assert rows["ranks fwd+bwd 64x1000 KL <= 0.5x torchsort soft_rank kl fwd+bwd (same threads)"]["result"] == "FAIL"
@@ -124,8 +163,11 @@ def test_otsort_dir_replaces_the_installed_otsort(tmp_path):
 
   (tmp_path / "otsort").mkdir()
   (tmp_path / "otsort" / "__init__.py").write_text("__version__ = 'copy'\n")
-  code = ("from benchmarks import _provenance; import sys; _provenance.use(sys.argv[1]); import otsort; "
-          "print(otsort.__version__, otsort.__file__)")
-  done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=_ROOT, capture_output=True, text=True,
-                        check=True)
+  code = (
+    "from benchmarks import _provenance; import sys; _provenance.use(sys.argv[1]); import otsort; "
+    "print(otsort.__version__, otsort.__file__)"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", code, str(tmp_path)], cwd=_ROOT, capture_output=True, text=True, check=True
+  )
   assert done.stdout.split() == ["copy", str(tmp_path.resolve() / "otsort" / "__init__.py")]

@@ -23,15 +23,16 @@ from PIL import Image
 import pytest
 
 import otsort
-import otsort.filters
 from otsort import _cli
+import otsort.filters
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _otsort(*args, cwd=None):
-  return subprocess.run([sys.executable, "-m", "otsort", *map(str, args)], capture_output=True, text=True,
-                        cwd=cwd or _ROOT, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "otsort", *map(str, args)], capture_output=True, text=True, cwd=cwd or _ROOT, timeout=300
+  )
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["filter"]])
@@ -45,8 +46,13 @@ def test_every_command_has_help(command, capsys):
 def test_demo_prints_every_operation_on_both_backends():
   result = _otsort("demo")
   assert result.returncode == 0, result.stderr
-  for label in ("hard sort", "sort (pav eps=0.5)", "ranks (pav-kl eps=0.5)", "quantiles (sinkhorn eps=0.05)",
-                "top-2 mask (sinkhorn eps=0.05)"):
+  for label in (
+    "hard sort",
+    "sort (pav eps=0.5)",
+    "ranks (pav-kl eps=0.5)",
+    "quantiles (sinkhorn eps=0.05)",
+    "top-2 mask (sinkhorn eps=0.05)",
+  ):
     assert label in result.stdout
 
 
@@ -62,11 +68,16 @@ def noisy_image(tmp_path):
 
 def _png_header(width: int, height: int) -> bytes:
   """A PNG that declares ``width x height`` 1-bit pixels in 100 bytes: Pillow's size check runs on the header."""
+
   def chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-          + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+  return (
+    b"\x89PNG\r\n\x1a\n"
+    + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+    + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    + chunk(b"IEND", b"")
+  )
 
 
 def _left_behind(folder: pathlib.Path) -> list[str]:
@@ -85,7 +96,9 @@ def test_filter_writes_a_png_that_removes_salt_noise(tmp_path, noisy_image, mode
   assert np.abs(pixels - 128).max() <= 1  # isolated salt pixels are gone
 
 
-@pytest.mark.parametrize("arguments, message", [
+@pytest.mark.parametrize(
+  "arguments, message",
+  [
     (["missing.png", "out.png"], "cannot read 'missing.png': no such file"),
     (["not_an_image.png", "out.png"], "cannot read 'not_an_image.png' as an image"),
     (["noisy.png", "out.jpg"], "OUT must be a .png file"),
@@ -96,13 +109,18 @@ def test_filter_writes_a_png_that_removes_salt_noise(tmp_path, noisy_image, mode
     (["noisy.png", "out.png", "--size", "25"], "size must fit in the image, h <= H and w <= W with (H, W) = (24, 20)"),
     (["noisy.png", "out.png", "--size", str(10**12)], "got size = 1000000000000"),
     (["noisy.png", "out.png", "--backend", "torch"], "invalid choice: 'torch'"),
-    (["bomb.png", "out.png"], "cannot read 'bomb.png': the image has 400000000 pixels; the limit is "
-                              f"{Image.MAX_IMAGE_PIXELS} pixels (Pillow's guard against decompression bombs"),
+    (
+      ["bomb.png", "out.png"],
+      "cannot read 'bomb.png': the image has 400000000 pixels; the limit is "
+      f"{Image.MAX_IMAGE_PIXELS} pixels (Pillow's guard against decompression bombs",
+    ),
     (["noisy.png", "folder.png"], "cannot write OUT 'folder.png': it is a directory"),
     (["nan.tif", "out.png"], "cannot filter 'nan.tif': it has non-finite pixels (NaN or inf)"),
-])
-def test_filter_refuses_bad_input_with_status_2_one_line_and_no_output(tmp_path, noisy_image, arguments, message,
-                                                                      monkeypatch, capsys):
+  ],
+)
+def test_filter_refuses_bad_input_with_status_2_one_line_and_no_output(
+  tmp_path, noisy_image, arguments, message, monkeypatch, capsys
+):
   (tmp_path / "not_an_image.png").write_text("this is not a PNG")
   (tmp_path / "bomb.png").write_bytes(_png_header(20000, 20000))
   (tmp_path / "folder.png").mkdir()
@@ -126,9 +144,11 @@ def test_an_image_over_pillows_warning_limit_is_refused_too(tmp_path, noisy_imag
   with pytest.raises(SystemExit) as exit_info:
     _cli.main(["filter", str(noisy_image), str(tmp_path / "out.png")])
   assert exit_info.value.code == 2
-  assert capsys.readouterr().err == (f"otsort filter: error: cannot read {str(noisy_image)!r}: the image has 480 "
-                                     "pixels; the limit is 300 pixels (Pillow's guard against decompression bombs, "
-                                     "PIL.Image.MAX_IMAGE_PIXELS)\n")
+  assert capsys.readouterr().err == (
+    f"otsort filter: error: cannot read {str(noisy_image)!r}: the image has 480 "
+    "pixels; the limit is 300 pixels (Pillow's guard against decompression bombs, "
+    "PIL.Image.MAX_IMAGE_PIXELS)\n"
+  )
   assert _left_behind(tmp_path) == []
 
 
@@ -145,8 +165,7 @@ def unwritable_folder(tmp_path):
     pytest.skip("no folder that this user cannot write")
 
 
-def test_an_unwritable_output_is_refused_before_any_computation(noisy_image, unwritable_folder, monkeypatch,
-                                                                 capsys):
+def test_an_unwritable_output_is_refused_before_any_computation(noisy_image, unwritable_folder, monkeypatch, capsys):
   def too_early(*args, **kwargs):
     raise AssertionError("filtered before checking that OUT can be written")
 
@@ -161,27 +180,31 @@ def test_an_unwritable_output_is_refused_before_any_computation(noisy_image, unw
 
 def test_non_finite_results_are_not_written(tmp_path, noisy_image, monkeypatch, capsys):
   # Sinkhorn gives NaN at epsilon = 1e-30 in float32; the fake makes the test independent of that backend's fixes.
-  monkeypatch.setattr(otsort.filters, "quantile_filter",
-                      lambda image, q, **kwargs: jnp.asarray(image).at[:2].set(jnp.nan))
+  monkeypatch.setattr(
+    otsort.filters, "quantile_filter", lambda image, q, **kwargs: jnp.asarray(image).at[:2].set(jnp.nan)
+  )
   with pytest.raises(SystemExit) as exit_info:
     _cli.main(["filter", str(noisy_image), str(tmp_path / "out.png"), "--backend", "sinkhorn", "--epsilon", "1e-30"])
   assert exit_info.value.code == 2
-  assert capsys.readouterr().err == ("otsort filter: error: the sinkhorn backend at epsilon = 1e-30 gave non-finite "
-                                     "values (NaN or inf) for 40 of 480 pixels; nothing was written. Try a larger "
-                                     "--epsilon.\n")
+  assert capsys.readouterr().err == (
+    "otsort filter: error: the sinkhorn backend at epsilon = 1e-30 gave non-finite "
+    "values (NaN or inf) for 40 of 480 pixels; nothing was written. Try a larger "
+    "--epsilon.\n"
+  )
   assert _left_behind(tmp_path) == []
 
 
-def test_a_size_whose_windows_exceed_the_memory_is_refused_before_computing(tmp_path, noisy_image, monkeypatch,
-                                                                           capsys):
+def test_a_size_whose_windows_exceed_the_memory_is_refused_before_computing(tmp_path, noisy_image, monkeypatch, capsys):
   monkeypatch.setattr(_cli, "_memory_bytes", lambda: 2**19)  # 24 x 20 pixels x 10**2 float32 values: 0.18 MiB
   monkeypatch.setattr(otsort.filters, "quantile_filter", lambda image, q, **kwargs: image)
   assert _cli.main(["filter", str(noisy_image), str(tmp_path / "out.png"), "--size", "10"]) == 0
   with pytest.raises(SystemExit) as exit_info:
     _cli.main(["filter", str(noisy_image), str(tmp_path / "big.png"), "--size", "20"])
   assert exit_info.value.code == 2
-  assert capsys.readouterr().err == ("otsort filter: error: --size 20 on this 20x24 image needs at least 0.7 MiB for "
-                                     "its windows, more than this machine's 0.5 MiB of memory; use a smaller --size\n")
+  assert capsys.readouterr().err == (
+    "otsort filter: error: --size 20 on this 20x24 image needs at least 0.7 MiB for "
+    "its windows, more than this machine's 0.5 MiB of memory; use a smaller --size\n"
+  )
   assert _left_behind(tmp_path) == ["out.png"]
 
 
@@ -214,8 +237,9 @@ def test_filter_without_pillow_names_the_extra_before_anything_else(tmp_path, no
   with pytest.raises(SystemExit) as exit_info:
     _cli.main(["filter", str(noisy_image), str(tmp_path / "out.png")])
   assert exit_info.value.code == 2
-  assert capsys.readouterr().err == ('otsort filter: error: image files need Pillow, which is not installed: '
-                                     'pip install "otsort[cli]"\n')
+  assert capsys.readouterr().err == (
+    'otsort filter: error: image files need Pillow, which is not installed: pip install "otsort[cli]"\n'
+  )
   assert _left_behind(tmp_path) == []
 
 
@@ -249,8 +273,14 @@ def test_the_library_works_without_pillow_and_matplotlib():
             otsort.losses.spearman_loss(x, x)))
         print(backend, [s.shape for s in shapes])
   """)
-  done = subprocess.run([sys.executable, "-c", script], cwd=_ROOT, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  done = subprocess.run(
+    [sys.executable, "-c", script],
+    cwd=_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert done.returncode == 0, done.stderr
   shapes = "[(3, 4), (3, 4), (3,), (3, 2), (3, 4), (5, 5), (3,)]"
   assert done.stdout.splitlines() == [f"pav {shapes}", f"sinkhorn {shapes}"]
@@ -261,9 +291,11 @@ def test_compare_says_where_the_regularization_comparison_went(arguments, capsys
   with pytest.raises(SystemExit) as exit_info:
     _cli.main(arguments)
   assert exit_info.value.code == 2
-  assert capsys.readouterr().err == ("otsort compare: error: the regularization comparison moved out of the library: "
-                                     "run `python tutorials/comparing_regularizations.py` in a checkout of the "
-                                     "repository\n")
+  assert capsys.readouterr().err == (
+    "otsort compare: error: the regularization comparison moved out of the library: "
+    "run `python tutorials/comparing_regularizations.py` in a checkout of the "
+    "repository\n"
+  )
   assert (_ROOT / "tutorials" / "comparing_regularizations.py").is_file()
 
 
@@ -285,8 +317,10 @@ def test_demo_refuses_to_print_non_finite_values(monkeypatch, capsys):
   assert exit_info.value.code == 2
   captured = capsys.readouterr()
   assert captured.out == ""
-  assert captured.err == ("otsort demo: error: sort (sinkhorn eps=1e-30) gave non-finite values [nan nan nan]; "
-                          "--epsilon-sinkhorn 1e-30 is too small for the sinkhorn backend: try a larger one\n")
+  assert captured.err == (
+    "otsort demo: error: sort (sinkhorn eps=1e-30) gave non-finite values [nan nan nan]; "
+    "--epsilon-sinkhorn 1e-30 is too small for the sinkhorn backend: try a larger one\n"
+  )
 
 
 def _interrupt_at(monkeypatch, point: str) -> None:
@@ -309,6 +343,7 @@ def _interrupt_at(monkeypatch, point: str) -> None:
   elif point == "computing":
     monkeypatch.setattr(otsort.filters, "quantile_filter", interrupt)
   else:
+
     def half_written(self, file, **kwargs):
       file.write(b"\x89PNG half")
       raise KeyboardInterrupt
@@ -346,9 +381,25 @@ def test_ctrl_c_during_a_long_computation_exits_at_once(tmp_path):
   # About 15 s of Sinkhorn on 2 CPU cores; without the worker thread, Ctrl-C waited for all of it.
   source = tmp_path / "big.png"
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)).save(source)
-  process = subprocess.Popen([sys.executable, "-c", _MARK_DISPATCH, "filter", str(source), str(tmp_path / "out.png"),
-                              "--backend", "sinkhorn", "--size", "5"], cwd=_ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  process = subprocess.Popen(
+    [
+      sys.executable,
+      "-c",
+      _MARK_DISPATCH,
+      "filter",
+      str(source),
+      str(tmp_path / "out.png"),
+      "--backend",
+      "sinkhorn",
+      "--size",
+      "5",
+    ],
+    cwd=_ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   watchdog = threading.Timer(300, process.kill)
   watchdog.start()
   try:
@@ -368,10 +419,18 @@ def test_ctrl_c_during_a_long_computation_exits_at_once(tmp_path):
 def test_ctrl_c_while_jax_is_imported_exits_130_with_one_line():
   # `import otsort` no longer imports JAX (the package's names load on first use), so the command line's own
   # handler is in place before the seconds of importing JAX start.
-  script = "import sys; from otsort import _cli; assert 'jax' not in sys.modules; print('ready', flush=True); " \
-           "sys.exit(_cli.main(['demo']))"
-  process = subprocess.Popen([sys.executable, "-c", script], cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  script = (
+    "import sys; from otsort import _cli; assert 'jax' not in sys.modules; print('ready', flush=True); "
+    "sys.exit(_cli.main(['demo']))"
+  )
+  process = subprocess.Popen(
+    [sys.executable, "-c", script],
+    cwd=_ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   try:
     assert process.stdout.readline() == "ready\n"
     time.sleep(0.2)  # inside the import of JAX (which takes seconds), before any output

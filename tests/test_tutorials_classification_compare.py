@@ -1,6 +1,6 @@
 """The top-k classification and the regularization-comparison tutorials run end to end in ``--small`` mode and
-write what they promise: figures, tables, and printed numbers that parse and agree with what the question claims. Both scripts run at once (two
-subprocesses), since each spends most of its time compiling.
+write what they promise: figures, tables, and printed numbers that parse and agree with what the question
+claims. Both scripts run at once (two subprocesses), since each spends most of its time compiling.
 
 The full-mode claim of ``tutorials/topk_classification.py`` (> 90% test accuracy with the soft 0/1 error) is
 checked by hand, not here: it trains for 40 epochs.
@@ -17,22 +17,30 @@ import sys
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"classification": "tutorials/topk_classification.py",
-           "compare": "tutorials/comparing_regularizations.py"}
+SCRIPTS = {"classification": "tutorials/topk_classification.py", "compare": "tutorials/comparing_regularizations.py"}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """Runs both tutorials with ``--small --out DIR`` concurrently; ``{name: (stdout, out_dir)}``."""
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-             MPLBACKEND="Agg")
+  env = dict(
+    os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), MPLBACKEND="Agg"
+  )
   procs = {}
   for name, script in SCRIPTS.items():
     out = tmp_path_factory.mktemp(name)
-    procs[name] = (subprocess.Popen([sys.executable, str(ROOT / script), "--small", "--out", str(out)], cwd=ROOT,
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out)
+    procs[name] = (
+      subprocess.Popen(
+        [sys.executable, str(ROOT / script), "--small", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      ),
+      out,
+    )
   results = {}
   for name, (proc, out) in procs.items():
     stdout, stderr = proc.communicate(timeout=300)
@@ -68,8 +76,11 @@ def test_comparison_tutorial_prints_its_table_and_numbers_and_writes_json_and_fi
   assert len(re.findall(r"^\| (pav-l2|pav-kl|sinkhorn) \|", stdout, flags=re.MULTILINE)) == len(rows)
   for method in ("pav-l2", "pav-kl", "sinkhorn"):
     number = r"[0-9.e+-]+"
-    assert re.search(rf"^ranks error \[{method}\] at epsilon {number}: {number}; at epsilon {number}: {number}$",
-                     stdout, flags=re.MULTILINE), method
+    assert re.search(
+      rf"^ranks error \[{method}\] at epsilon {number}: {number}; at epsilon {number}: {number}$",
+      stdout,
+      flags=re.MULTILINE,
+    ), method
     density = re.search(rf"^gradient density \[{method}\] at epsilon 0.1: ({number})$", stdout, flags=re.MULTILINE)
     assert density and 0 <= float(density[1]) <= 1, method
     assert re.search(rf"^time per call \[{method}\] at epsilon 0.1: {number} ms", stdout, flags=re.MULTILINE)

@@ -17,22 +17,29 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TUTORIALS = ("soft_median_filter", "soft_operators")
-FIGURES = {"soft_median_filter": ("soft_median_filter.png",),
-           "soft_operators": ("soft_operators.png", "soft_operators_epsilon.png")}
+FIGURES = {
+  "soft_median_filter": ("soft_median_filter.png",),
+  "soft_operators": ("soft_operators.png", "soft_operators_epsilon.png"),
+}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """{tutorial: (completed process, output folder)}, both run concurrently with ``--small``."""
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-         "MPLBACKEND": "Agg"}
+  env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    "MPLBACKEND": "Agg",
+  }
   started = {}
   for name in TUTORIALS:
     out = tmp_path_factory.mktemp(name)
     command = [sys.executable, str(ROOT / "tutorials" / f"{name}.py"), "--small", "--out", str(out)]
-    started[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True), out
+    started[name] = (
+      subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+      out,
+    )
   results = {}
   for name, (process, out) in started.items():
     stdout, stderr = process.communicate(timeout=300)
@@ -59,8 +66,10 @@ def test_tutorial_runs_and_writes_its_figures(runs, name):
 def test_soft_median_denoises_like_the_hard_median(runs):
   process, _ = runs["soft_median_filter"]
   psnr = numbers(process.stdout, r"^PSNR (.+): (-?[\d.]+) dB$")
-  soft = {"pav": ("soft median pav eps=3", "soft median pav eps=30"),
-          "sinkhorn": ("soft median sinkhorn eps=0.01", "soft median sinkhorn eps=0.1")}
+  soft = {
+    "pav": ("soft median pav eps=3", "soft median pav eps=30"),
+    "sinkhorn": ("soft median sinkhorn eps=0.01", "soft median sinkhorn eps=0.1"),
+  }
   expected = {"noisy", "hard median (scipy)", "mean filter", *soft["pav"], *soft["sinkhorn"]}
   assert expected <= psnr.keys(), process.stdout
   for label in (*soft["pav"], *soft["sinkhorn"]):

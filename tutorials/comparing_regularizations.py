@@ -83,9 +83,9 @@ else:
   n, batch, epsilons, repeats = 200, 64, np.logspace(-3, 1, 9), 20
 # Method name -> the arguments that select it in every otsort operation.
 METHODS = {
-    "pav-l2": dict(backend="pav", regularization="l2"),
-    "pav-kl": dict(backend="pav", regularization="kl"),
-    "sinkhorn": dict(backend="sinkhorn"),
+  "pav-l2": dict(backend="pav", regularization="l2"),
+  "pav-kl": dict(backend="pav", regularization="kl"),
+  "sinkhorn": dict(backend="sinkhorn"),
 }
 print(f"methods: {', '.join(METHODS)}; n = {n}, batch = {batch}, {len(epsilons)} epsilons")
 
@@ -126,7 +126,8 @@ def sweep(name: str, method: dict) -> list[dict]:
     e = jnp.float32(epsilon)
     grad = np.abs(np.asarray(ranks_value_grad(x, e)[1], np.float64))
     tiny = 1e-5 * float(jnp.max(jnp.abs(w))) / epsilon
-    rows.append({
+    rows.append(
+      {
         "method": name,
         "epsilon": float(epsilon),
         "sort_error": float(np.mean(np.abs(np.asarray(sort(x, e), np.float64) - hard_sort))),
@@ -134,7 +135,8 @@ def sweep(name: str, method: dict) -> list[dict]:
         "ranks_grad_density": float(np.mean(grad > tiny)) if np.isfinite(grad).all() else float("nan"),
         "ranks_ms": median_ms(ranks, x, e),
         "ranks_grad_ms": median_ms(ranks_value_grad, x, e),
-    })
+      }
+    )
   return rows
 
 
@@ -154,12 +156,21 @@ for row in results:
 
 # %%
 FIGURES = {  # figure -> (y label, log scale, panels (column, title))
-    "error": ("mean absolute error to the hard op", True,
-              (("sort_error", "soft sort vs jnp.sort"), ("ranks_error", "soft ranks vs ranks (rank units)"))),
-    "grad_density": ("fraction of inputs with a non-zero gradient", False,
-                     (("ranks_grad_density", "gradient of sum(w * ranks(x))"),)),
-    "time": ("median time per jitted call (ms)", True,
-             (("ranks_ms", "ranks, forward"), ("ranks_grad_ms", "ranks, value and gradient"))),
+  "error": (
+    "mean absolute error to the hard op",
+    True,
+    (("sort_error", "soft sort vs jnp.sort"), ("ranks_error", "soft ranks vs ranks (rank units)")),
+  ),
+  "grad_density": (
+    "fraction of inputs with a non-zero gradient",
+    False,
+    (("ranks_grad_density", "gradient of sum(w * ranks(x))"),),
+  ),
+  "time": (
+    "median time per jitted call (ms)",
+    True,
+    (("ranks_ms", "ranks, forward"), ("ranks_grad_ms", "ranks, value and gradient")),
+  ),
 }
 for figure, (ylabel, log_y, panels) in FIGURES.items():
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), constrained_layout=True, squeeze=False)
@@ -187,8 +198,12 @@ for name in METHODS:
   mine = [row for row in results if row["method"] == name]
   smallest, largest = mine[0], mine[-1]
   at_moderate = next(row for row in mine if row["epsilon"] == moderate)
-  print(f"ranks error [{name}] at epsilon {smallest['epsilon']:.3g}: {smallest['ranks_error']:.4g}; "
-        f"at epsilon {largest['epsilon']:.3g}: {largest['ranks_error']:.4g}")
+  print(
+    f"ranks error [{name}] at epsilon {smallest['epsilon']:.3g}: {smallest['ranks_error']:.4g}; "
+    f"at epsilon {largest['epsilon']:.3g}: {largest['ranks_error']:.4g}"
+  )
   print(f"gradient density [{name}] at epsilon {moderate:.3g}: {at_moderate['ranks_grad_density']:.3f}")
-  print(f"time per call [{name}] at epsilon {moderate:.3g}: {at_moderate['ranks_grad_ms']:.3g} ms "
-        "(ranks, value and gradient)")
+  print(
+    f"time per call [{name}] at epsilon {moderate:.3g}: {at_moderate['ranks_grad_ms']:.3g} ms "
+    "(ranks, value and gradient)"
+  )

@@ -152,7 +152,7 @@ curve.set_xlabel("epsilon (pav)")
 curve.set_ylabel("PSNR (dB)")
 curve.set_title("PSNR against epsilon", fontsize=9)
 curve.legend(fontsize=7)
-for ax in axes[len(panels) + 1:]:
+for ax in axes[len(panels) + 1 :]:
   ax.axis("off")
 fig.suptitle(f"3 x 3 median filters on 10% salt-and-pepper noise ({clean.shape[0]} x {clean.shape[1]})")
 fig.tight_layout()

@@ -77,20 +77,29 @@ k = 2
 hard_mask = np.zeros(x.shape)
 hard_mask[np.argsort(-np.asarray(x))[:k]] = 1.0
 hard = {
-    "sort": jnp.sort(x),
-    "ranks": jnp.argsort(jnp.argsort(x)),
-    "quantile q=(.25,.5,.75)": jnp.quantile(x, jnp.array(levels)),
-    f"topk k={k}": -jnp.sort(-x)[:k],
-    f"topk_mask k={k}": hard_mask,
+  "sort": jnp.sort(x),
+  "ranks": jnp.argsort(jnp.argsort(x)),
+  "quantile q=(.25,.5,.75)": jnp.quantile(x, jnp.array(levels)),
+  f"topk k={k}": -jnp.sort(-x)[:k],
+  f"topk_mask k={k}": hard_mask,
 }
 
 
 @functools.partial(jax.jit, static_argnames="backend")
 def soft_operators(x, backend):
   """The five soft operators at the backend's default epsilon, compiled together (one compilation)."""
-  return dict(zip(hard, (otsort.sort(x, backend=backend), otsort.ranks(x, backend=backend),
-                         otsort.quantile(x, levels, backend=backend), otsort.topk(x, k, backend=backend),
-                         otsort.topk_mask(x, k, backend=backend))))
+  return dict(
+    zip(
+      hard,
+      (
+        otsort.sort(x, backend=backend),
+        otsort.ranks(x, backend=backend),
+        otsort.quantile(x, levels, backend=backend),
+        otsort.topk(x, k, backend=backend),
+        otsort.topk_mask(x, k, backend=backend),
+      ),
+    )
+  )
 
 
 soft = {backend: soft_operators(x, backend) for backend in BACKENDS}
@@ -129,8 +138,8 @@ print(f"figure: {path}")
 
 # %%
 grids = {
-    "pav": np.geomspace(1e-2, 1e2, 40 if args.small else 120),
-    "sinkhorn": np.array([1e-2, 1e-1, 1.0, 10.0]) if args.small else np.geomspace(1e-3, 1e1, 17),
+  "pav": np.geomspace(1e-2, 1e2, 40 if args.small else 120),
+  "sinkhorn": np.array([1e-2, 1e-1, 1.0, 10.0]) if args.small else np.geomspace(1e-3, 1e1, 17),
 }
 
 

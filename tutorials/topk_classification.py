@@ -75,8 +75,9 @@ SEED = 0
 # %%
 digits = load_digits()
 images = (digits.images / 16.0).astype(np.float32)[..., None]  # [1797, 8, 8, 1]
-x_train, x_test, y_train, y_test = train_test_split(images, digits.target.astype(np.int32), test_size=0.3,
-                                                    random_state=SEED, stratify=digits.target)
+x_train, x_test, y_train, y_test = train_test_split(
+  images, digits.target.astype(np.int32), test_size=0.3, random_state=SEED, stratify=digits.target
+)
 if args.small:
   x_train, y_train = x_train[:512], y_train[:512]
 print(f"train {x_train.shape[0]} images, test {x_test.shape[0]} images, {digits.target.max() + 1} classes")
@@ -84,6 +85,7 @@ print(f"train {x_train.shape[0]} images, test {x_test.shape[0]} images, {digits.
 
 # %% [markdown]
 # ## Model: two 3x3 convolutions, average pooling, two dense layers
+
 
 # %%
 class CNN(nn.Module):
@@ -104,9 +106,9 @@ class CNN(nn.Module):
 
 # %%
 LOSSES = {
-    "cross-entropy": optax.softmax_cross_entropy_with_integer_labels,
-    "soft 0/1 error": lambda logits, labels: losses.soft_error(logits, labels, epsilon=EPSILON),
-    "soft top-3 error": lambda logits, labels: losses.soft_topk_error(logits, labels, 3, epsilon=EPSILON),
+  "cross-entropy": optax.softmax_cross_entropy_with_integer_labels,
+  "soft 0/1 error": lambda logits, labels: losses.soft_error(logits, labels, epsilon=EPSILON),
+  "soft top-3 error": lambda logits, labels: losses.soft_topk_error(logits, labels, 3, epsilon=EPSILON),
 }
 
 
@@ -137,7 +139,7 @@ def train(loss_name: str) -> dict:
     order = rng.permutation(len(x_train))
     epoch_losses = []
     for begin in range(0, len(order), BATCH):
-      batch = order[begin:begin + BATCH]
+      batch = order[begin : begin + BATCH]
       params, opt_state, loss = step(params, opt_state, x_train[batch], y_train[batch])
       epoch_losses.append(float(loss))
     logits = np.asarray(predict(params, x_test))
@@ -158,6 +160,7 @@ results = {name: train(name) for name in LOSSES}
 # %% [markdown]
 # ## The figure: training loss (each in its own units) and test accuracy per epoch
 
+
 # %%
 def save_figure(fig, path: Path) -> None:
   """Writes the PNG atomically (temporary file, then rename)."""
@@ -175,7 +178,7 @@ fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=
 epochs = np.arange(1, EPOCHS + 1)
 for name, history in results.items():
   ax_loss.plot(epochs, history["train_loss"], label=name)
-  line, = ax_acc.plot(epochs, history["test_top1"], label=f"{name}: top-1")
+  (line,) = ax_acc.plot(epochs, history["test_top1"], label=f"{name}: top-1")
   ax_acc.plot(epochs, history["test_top3"], linestyle="--", color=line.get_color(), label=f"{name}: top-3")
 ax_loss.set(xlabel="epoch", ylabel="training loss (its own units)", title="training loss")
 ax_loss.set_yscale("symlog", linthresh=1e-5)  # log scale that also shows a loss of exactly 0
@@ -193,13 +196,17 @@ plt.close(fig)
 # ## The numbers
 
 # %%
-summary = {name: {"test_top1": h["test_top1"][-1], "test_top3": h["test_top3"][-1], "seconds": h["seconds"],
-                  "epochs": EPOCHS} for name, h in results.items()}
+summary = {
+  name: {"test_top1": h["test_top1"][-1], "test_top3": h["test_top3"][-1], "seconds": h["seconds"], "epochs": EPOCHS}
+  for name, h in results.items()
+}
 fd, tmp = tempfile.mkstemp(dir=OUT, prefix=".topk_classification.json.", suffix=".tmp")
 with os.fdopen(fd, "w") as f:
   json.dump(summary, f, indent=1)
 os.replace(tmp, OUT / "topk_classification.json")
 print(f"figure: {figure_path}")
 for name, row in summary.items():
-  print(f"test accuracy [{name}]: top-1 {row['test_top1']:.4f}, top-3 {row['test_top3']:.4f} "
-        f"({row['epochs']} epochs, {row['seconds']:.1f} s)")
+  print(
+    f"test accuracy [{name}]: top-1 {row['test_top1']:.4f}, top-3 {row['test_top3']:.4f} "
+    f"({row['epochs']} epochs, {row['seconds']:.1f} s)"
+  )
