@@ -37,6 +37,7 @@ import numpy as np
 
 import otsort
 from otsort import _checks
+from otsort._contract import Backend
 
 __all__ = ["MODES", "median_filter", "quantile_filter"]
 
@@ -49,12 +50,11 @@ _PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "c
 
 
 def _check_image(image: ArrayLike) -> jax.Array:
-  image = jnp.asarray(image)
+  image = _checks.as_array("image", image)
+  _checks.check_real_dtype("image", image.dtype)
   if image.ndim not in (2, 3):
     raise ValueError(f"image must be [H, W] or [H, W, C] (ndim 2 or 3); got image.shape = {image.shape} "
                      f"(ndim {image.ndim}). For a batch of images, use jax.vmap over the batch axis.")
-  if jnp.issubdtype(image.dtype, jnp.complexfloating):
-    raise ValueError(f"image must be real; got dtype {image.dtype}")
   if not jnp.issubdtype(image.dtype, jnp.floating):
     image = image.astype(jnp.result_type(float))  # integer images (uint8 photos) are filtered as floats
   return image
@@ -65,9 +65,9 @@ def _check_size(size: Any) -> tuple[int, int]:
   is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
   if is_int(size):
     size = (size, size)
-  if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(is_int(v) for v in size):
-    raise ValueError(message)
-  if min(size) < 1:
+  if not isinstance(size, (tuple, list)) or not all(is_int(v) for v in size):
+    raise TypeError(message)
+  if len(size) != 2 or min(size) < 1:
     raise ValueError(message)
   return int(size[0]), int(size[1])
 
@@ -81,11 +81,12 @@ def _check_fits(size: Any, window: tuple[int, int], shape: tuple[int, ...]) -> N
 
 
 def _check_level(q: Any) -> float:
-  if isinstance(q, jax.core.Tracer):
-    raise ValueError("q must be a static Python number in [0, 1], not a traced value: it selects which "
-                     "soft-sorted value is read (mark it static under jit)")
-  if isinstance(q, (bool, np.bool_)) or not isinstance(q, (numbers.Real, np.ndarray, jax.Array)) or np.ndim(q):
-    raise ValueError(f"q must be a number in [0, 1] (one level per filter); got q = {q!r}")
+  if _checks.is_traced(q):
+    raise TypeError("q must be a static Python number in [0, 1], not a traced value: it selects which "
+                    "soft-sorted value is read (mark it static under jit)")
+  if isinstance(q, (bool, np.bool_)) or not isinstance(q, (numbers.Real, np.ndarray, jax.Array)) or np.ndim(q) or \
+      not (np.issubdtype(np.asarray(q).dtype, np.integer) or np.issubdtype(np.asarray(q).dtype, np.floating)):
+    raise TypeError(f"q must be a number in [0, 1] (one level per filter); got q = {_checks.show(q)}")
   level = float(q)
   if not 0.0 <= level <= 1.0:  # also rejects NaN
     raise ValueError(f"q must be a number in [0, 1]; got q = {q!r}")
@@ -109,7 +110,7 @@ def _windows(image: jax.Array, size: tuple[int, int], mode: str, cval: ArrayLike
 
 
 def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] = 3, mode: str = "reflect",
-                    cval: ArrayLike = 0.0, epsilon: float | None = None, backend: str = "pav",
+                    cval: ArrayLike = 0.0, epsilon: float | None = None, backend: str | Backend = "pav",
                     **options: Any) -> jax.Array:
   r"""Soft quantile filter: each pixel becomes a soft quantile of its window.
 
@@ -145,7 +146,8 @@ def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] =
     cval: the fill value for ``mode="constant"``; ignored otherwise.
     epsilon: regularization strength, > 0; ``None`` picks the backend's default (``pav``: 1.0,
       ``sinkhorn``: 1e-2).
-    backend: ``"pav"`` or ``"sinkhorn"`` (O(n^2) per window of n values; fine for 3 x 3 and 5 x 5).
+    backend: ``"pav"``, ``"sinkhorn"`` (O(n^2) per window of n values; fine for 3 x 3 and 5 x 5), or a backend
+      object (:class:`otsort.Pav`, :class:`otsort.Sinkhorn`).
     **options: backend options, passed to :func:`otsort.quantile` (``pav``: ``regularization``, ``impl``).
 
   Returns:
@@ -154,6 +156,8 @@ def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] =
     static.
 
   Raises:
+    TypeError: for an argument of the wrong type (an image that is not an array of real numbers, a q or size that
+      is not a number, a traced q).
     ValueError: for an image that is not 2-D or 3-D, q outside [0, 1], a size that is not positive or larger than
       the image, an unknown mode, or a bad epsilon, backend or option. These checks come before any work.
 
@@ -167,8 +171,10 @@ def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] =
   level = _check_level(q)
   window = _check_size(size)
   _checks.check_choice("mode", mode, MODES)
-  if np.ndim(cval) != 0:
-    raise ValueError(f"cval must be a scalar; got cval with shape {np.shape(cval)}")
+  cval = _checks.as_array("cval", cval)
+  _checks.check_real_dtype("cval", cval.dtype)
+  if cval.ndim != 0:
+    raise ValueError(f"cval must be a scalar; got cval with shape {cval.shape}")
   image = _check_image(image)
   if image.size == 0:
     return image
@@ -178,7 +184,7 @@ def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] =
 
 
 def median_filter(image: ArrayLike, *, size: int | tuple[int, int] = 3, mode: str = "reflect",
-                  cval: ArrayLike = 0.0, epsilon: float | None = None, backend: str = "pav",
+                  cval: ArrayLike = 0.0, epsilon: float | None = None, backend: str | Backend = "pav",
                   **options: Any) -> jax.Array:
   r"""Soft median filter: :func:`quantile_filter` with :math:`q = 1/2`.
 
@@ -193,7 +199,7 @@ def median_filter(image: ArrayLike, *, size: int | tuple[int, int] = 3, mode: st
       :mod:`scipy.ndimage`.
     cval: the fill value for ``mode="constant"``.
     epsilon: regularization strength, > 0; ``None`` picks the backend's default.
-    backend: ``"pav"`` or ``"sinkhorn"``.
+    backend: ``"pav"``, ``"sinkhorn"`` or a backend object.
     **options: backend options, passed to :func:`otsort.quantile`.
 
   Returns:

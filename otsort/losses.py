@@ -5,9 +5,10 @@ along ``axis`` (the last by default); losses are returned per example, and the c
 function passes ``epsilon``, ``backend`` and the backend's ``**options`` straight to :func:`otsort.ranks`, so each
 works with ``backend="pav"`` (``regularization="l2" | "kl"``) and ``backend="sinkhorn"``.
 
-Argument checks run at trace time and raise ``ValueError`` naming the argument; checks that need values
-(integer labels in range) run when the values are concrete, and under ``jit`` an out-of-range label gives NaN
-instead of silently picking another class.
+Argument checks run at trace time and raise ``TypeError`` (a wrong type) or ``ValueError`` (a wrong value) naming
+the argument; checks that need values (labels and group ids in range) run when the values are concrete, and under
+``jit`` an out-of-range label or group id gives NaN (for that example, or for the grouped result) instead of
+silently picking another class or dropping the entry.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from otsort import _api
 from otsort import _checks
 from otsort import _contract
+from otsort._contract import Backend
 
 __all__ = [
     "spearman_correlation",
@@ -81,6 +83,19 @@ def _safe_unit(v: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.where(constant, 0, centred / norm)
 
 
+def _concrete_array(name: str, value: Any) -> np.ndarray:
+  """A concrete array argument as NumPy; ``TypeError`` naming it for what is not an array of numbers."""
+  if value is None or isinstance(value, (str, bytes, dict, set)):
+    raise TypeError(f"{name} must be an array of numbers; got {name} = {_checks.show(value)}")
+  try:
+    array = np.asarray(value)
+  except (TypeError, ValueError) as error:
+    raise TypeError(f"{name} must be an array of numbers; got {name} = {_checks.show(value)} ({error})") from None
+  if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+    raise TypeError(f"{name} must be an array of numbers; got {name} = {_checks.show(value)} (dtype {array.dtype})")
+  return array
+
+
 def _check_same_shape(pred: jax.Array, target: jax.Array) -> None:
   if pred.shape != target.shape:
     raise ValueError(f"pred and target must have the same shape; got pred.shape = {pred.shape} and "
@@ -97,20 +112,19 @@ class _Groups:
 
   def __init__(self, groups: ArrayLike, num_groups: Any, n: int):
     concrete = _is_concrete(groups)
-    groups = np.asarray(groups) if concrete else groups  # NumPy stays NumPy (and concrete) under jit
+    groups = _concrete_array("groups", groups) if concrete else groups  # NumPy stays NumPy (and concrete) under jit
+    if not jnp.issubdtype(groups.dtype, jnp.integer):
+      raise TypeError(f"groups must hold integer group ids; got dtype {groups.dtype}")
     if groups.shape != (n,):
       raise ValueError(f"groups must be a 1-D array of integer group ids, one per entry of pred, shape ({n},); "
                        f"got groups.shape = {groups.shape}")
-    if not jnp.issubdtype(groups.dtype, jnp.integer):
-      raise ValueError(f"groups must hold integer group ids; got dtype {groups.dtype}")
     if num_groups is None:
       if not concrete:
         raise ValueError("num_groups is required when groups is traced (under jit): it fixes the output layout; "
                          "pass num_groups=<number of distinct ids> as a static Python int")
-      num_groups = int(np.max(groups)) + 1 if n else 0
-    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(num_groups, (int, np.integer)) or num_groups < 1:
-      raise ValueError(f"num_groups must be a positive int; got num_groups = {num_groups!r}")
-    num_groups = int(num_groups)
+      num_groups = int(np.max(groups)) + 1
+    num_groups = _checks.check_int("num_groups", num_groups, low=1)
+    self.out_of_range = None  # under jit: whether some id is outside [0, num_groups) (the result is then NaN)
     if concrete:
       ids = np.asarray(groups)
       if ids.size and (ids.min() < 0 or ids.max() >= num_groups):
@@ -136,13 +150,14 @@ class _Groups:
       starts = jnp.cumsum(sizes) - sizes
       slot = jnp.arange(n) - starts[jnp.clip(sorted_ids, 0, num_groups - 1)]
       in_range = (sorted_ids >= 0) & (sorted_ids < num_groups)
-      row = jnp.where(in_range, sorted_ids, num_groups)  # out-of-range ids are dropped
+      row = jnp.where(in_range, sorted_ids, num_groups)  # out-of-range ids have no slot: the result is made NaN
+      self.out_of_range = ~jnp.all(in_range)
       self.index = jnp.zeros((num_groups, length), jnp.int32).at[row, slot].set(order, mode="drop")
       self.valid = jnp.zeros((num_groups, length), bool).at[row, slot].set(True, mode="drop")
     self.num_groups, self.length = num_groups, length
 
 
-def _soft_ranks_padded(x: jax.Array, valid: jax.Array, sizes: np.ndarray | None, epsilon: float, backend: str,
+def _soft_ranks_padded(x: jax.Array, valid: jax.Array, sizes: np.ndarray | None, epsilon: float, backend: Any,
                        options: dict) -> jax.Array:
   """Soft ranks of the valid entries of each row ``[g, length]``, as if each row held only those entries.
 
@@ -174,14 +189,18 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
                     num_groups: Any, epsilon: Any, backend: Any, options: dict):
   """The unit-norm centred rank vectors ``u`` (of pred) and ``v`` (of target), in a ``[rows, length]`` layout with
   a validity mask, and per-row weights: the correlation of row i is ``sum(u[i] * v[i])``."""
-  if not isinstance(target_soft, (bool, np.bool_)):
-    raise ValueError(f"target_soft must be True or False; got target_soft = {target_soft!r}")
+  _checks.check_bool("target_soft", target_soft)
   epsilon = _default_epsilon(backend, epsilon)
-  pred, target = jnp.asarray(pred), jnp.asarray(target)
+  pred, target = _checks.as_array("pred", pred), _checks.as_array("target", target)
+  _checks.check_real_dtype("pred", pred.dtype)
+  _checks.check_real_dtype("target", target.dtype)
   _check_same_shape(pred, target)
   if pred.ndim == 0:
     raise ValueError("pred must have at least one dimension to rank along; got a scalar")
   axis = _checks.normalize_axis(axis, pred.ndim)
+  if pred.shape[axis] == 0:
+    raise ValueError(f"pred must hold at least one value along axis to correlate; got pred.shape = {pred.shape} "
+                     f"with axis = {axis}")
   dtype = _checks.float_dtypes(pred.dtype, "pred")[0]
   pred = jnp.moveaxis(pred.astype(dtype), axis, -1)
   target = jnp.moveaxis(target, axis, -1)
@@ -189,6 +208,7 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
   if groups is None:
     if num_groups is not None:
       raise ValueError(f"num_groups is only used with groups=; got num_groups = {num_groups!r} and groups = None")
+    out_of_range = None
     valid = jnp.ones(pred.shape, bool)
     pred_ranks = _api.ranks(pred, epsilon=epsilon, backend=backend, **options)
     if target_soft:
@@ -201,7 +221,7 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
       raise ValueError(f"groups= needs 1-D pred and target (one entry per example); got pred.shape = "
                        f"{pred.shape}")
     layout = _Groups(groups, num_groups, pred.shape[0])
-    valid = layout.valid
+    valid, out_of_range = layout.valid, layout.out_of_range
     # One epsilon for all groups (it sets the padding of every group), a number or a 0-d array, possibly traced.
     epsilon = _checks.epsilon_array(epsilon, (), 0, dtype)
     pred = jnp.where(valid, pred[layout.index], 0)
@@ -214,6 +234,8 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
     counts = valid.sum(-1)
     weights = (counts >= 2).astype(dtype)  # a group of fewer than 2 entries has no correlation
     weights = weights / jnp.maximum(weights.sum(), 1)
+    if out_of_range is not None:  # an id outside [0, num_groups) under jit: NaN, not a silently dropped entry
+      weights = jnp.where(out_of_range, jnp.nan, weights)
   return _safe_unit(pred_ranks, valid), _safe_unit(target_ranks, valid), weights, groups is not None
 
 
@@ -223,7 +245,8 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
 
 def spearman_correlation(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_soft: bool = False,
                          groups: ArrayLike | None = None, num_groups: int | None = None,
-                         epsilon: ArrayLike | None = None, backend: str = "pav", **options: Any) -> jax.Array:
+                         epsilon: ArrayLike | None = None, backend: str | Backend = "pav",
+                         **options: Any) -> jax.Array:
   r"""Soft Spearman rank correlation between ``pred`` and ``target``, differentiable in ``pred``.
 
   The Pearson correlation of the soft ranks of ``pred`` (:func:`otsort.ranks`) with the ranks of ``target``:
@@ -248,7 +271,8 @@ def spearman_correlation(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, 
     axis: the axis holding the ``n`` values to correlate.
     target_soft: also soft-rank ``target`` (then differentiable in ``target`` too); default: hard ranks, no
       gradient to ``target``.
-    groups: optional integer group ids ``[n]`` in ``[0, num_groups)``, for 1-D ``pred`` and ``target``.
+    groups: optional integer group ids ``[n]`` in ``[0, num_groups)``, for 1-D ``pred`` and ``target``. Concrete
+      ids are checked; under ``jit`` an id outside ``[0, num_groups)`` makes the result NaN.
     num_groups: the number of groups, a static int; required with ``groups`` under ``jit`` (otherwise inferred
       as ``max(groups) + 1``). Under ``jit`` with ``groups``, only ``backend="pav"`` works (see
       :func:`spearman_loss`).
@@ -256,7 +280,7 @@ def spearman_correlation(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, 
       1.0, ``sinkhorn``: 1e-2). A number or an array, also traced (under ``jit`` changing it does not recompile;
       ``grad`` with respect to it works): without ``groups``, one value per row is allowed (broadcastable to
       ``pred``'s shape without ``axis``); with ``groups``, one value for all groups.
-    backend: ``"pav"`` or ``"sinkhorn"``.
+    backend: ``"pav"``, ``"sinkhorn"`` or a backend object (:class:`otsort.Pav`, :class:`otsort.Sinkhorn`).
     **options: backend options, as for :func:`otsort.ranks`.
 
   Returns:
@@ -280,7 +304,7 @@ def spearman_correlation(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, 
 
 def spearman_loss(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_soft: bool = False,
                   groups: ArrayLike | None = None, num_groups: int | None = None, epsilon: ArrayLike | None = None,
-                  backend: str = "pav", **options: Any) -> jax.Array:
+                  backend: str | Backend = "pav", **options: Any) -> jax.Array:
   r"""``1 - spearman_correlation(...)``: a loss in ``[0, 2]``, 0 when the ranks of ``pred`` match ``target``'s.
 
   Written as a least-squares residual of the unit-norm centred rank vectors :math:`u` (of ``pred``) and
@@ -306,7 +330,7 @@ def spearman_loss(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_
 def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike | None = None,
                        num_groups: int | None = None, target_soft: bool = False, hessian: str = "diagonal",
                        num_probes: int = 16, seed: int = 0, normalize: bool = True, epsilon: ArrayLike | None = None,
-                       backend: str = "pav", **options: Any) -> tuple[np.ndarray, np.ndarray]:
+                       backend: str | Backend = "pav", **options: Any) -> tuple[np.ndarray, np.ndarray]:
   r"""Per-example gradient and a positive diagonal Hessian of :func:`spearman_loss`, for gradient boosting.
 
   Gradient-boosting libraries fit each tree to per-example first and second derivatives of the loss. This
@@ -344,7 +368,7 @@ def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike 
     normalize: scale gradient and Hessian so that the Hessian's mean is 1.
     epsilon: regularization strength of the soft ranks, one number; ``None``: the backend's default. Changing it
       between calls does not recompile.
-    backend: ``"pav"`` or ``"sinkhorn"``.
+    backend: ``"pav"``, ``"sinkhorn"`` or a backend object (:class:`otsort.Pav`, :class:`otsort.Sinkhorn`).
     **options: backend options.
 
   Returns:
@@ -359,16 +383,17 @@ def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike 
     Bekas, Kokiopoulou, Saad, "An estimator for the diagonal of a matrix", Applied Numerical Mathematics, 2007.
   """
   _check_grad_hess_arguments(hessian, num_probes, normalize, epsilon, backend, options)
-  pred = np.asarray(pred)
-  if np.iscomplexobj(pred) or not (np.issubdtype(pred.dtype, np.number) or pred.dtype == bool):
-    raise ValueError(f"pred must hold real numbers; got dtype {pred.dtype}")
+  seed = _checks.check_int("seed", seed)
+  pred = _concrete_array("pred", pred)
+  _checks.check_real_dtype("pred", pred.dtype)
   if not np.issubdtype(pred.dtype, np.floating):
     pred = pred.astype(np.float64)  # integer margins (e.g. a first boosting round) are ranked as floats
   if pred.ndim != 1:
     raise ValueError(f"pred must be 1-D, one prediction per example; got pred.shape = {pred.shape}")
-  target = np.asarray(target)
+  target = _concrete_array("target", target)
+  _checks.check_real_dtype("target", target.dtype)
   _check_same_shape(pred, target)
-  groups = None if groups is None else np.asarray(groups)  # concrete: group sizes are known, any backend works
+  groups = None if groups is None else _concrete_array("groups", groups)  # concrete: any backend works
   epsilon = _default_epsilon(backend, epsilon)
   fn = _grad_and_probes(pred.shape[0], pred.dtype, groups, num_groups, bool(target_soft), int(num_probes), backend,
                         options)
@@ -395,12 +420,11 @@ def _check_grad_hess_arguments(hessian: Any, num_probes: Any, normalize: Any, ep
   """The checks of :func:`spearman_grad_hess` that need no data, so that an objective can run them when it is made
   rather than at the first boosting round."""
   _checks.check_choice("hessian", hessian, _HESSIANS)
-  if isinstance(num_probes, (bool, np.bool_)) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
-    raise ValueError(f"num_probes must be a positive int; got num_probes = {num_probes!r}")
-  if not isinstance(normalize, (bool, np.bool_)):
-    raise ValueError(f"normalize must be True or False; got normalize = {normalize!r}")
+  _checks.check_int("num_probes", num_probes, low=1)
+  _checks.check_bool("normalize", normalize)
   _contract.resolve(backend, options, "ranks")
   if epsilon is not None:
+    _checks.epsilon_array(epsilon, np.shape(epsilon), 0, jnp.result_type(float))  # the type, then the one value
     if np.ndim(epsilon) != 0:
       raise ValueError(f"epsilon must be one number for the whole prediction vector; got an array of shape "
                        f"{np.shape(epsilon)}")
@@ -497,7 +521,8 @@ def spearman_boosting_objective(*, groups: ArrayLike | None = None, **kwargs: An
 
 
 def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int = -1,
-                    epsilon: ArrayLike | None = None, backend: str = "pav", **options: Any) -> jax.Array:
+                    epsilon: ArrayLike | None = None, backend: str | Backend = "pav",
+                    **options: Any) -> jax.Array:
   r"""Soft top-k error: a hinge on the soft rank of the true class against the top-k boundary, in [0, 1].
 
   With :math:`r_\varepsilon` the soft ranks of the logits in decreasing order (0 for the top class) and
@@ -521,13 +546,14 @@ def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int =
 
   Args:
     logits: scores ``[..., C, ...]``, the classes along ``axis``.
-    labels: integer class ids, ``logits``' shape without ``axis``, in ``[0, C)``.
+    labels: integer class ids, ``logits``' shape without ``axis``, in ``[0, C)``. Concrete labels are checked;
+      under ``jit`` a label outside ``[0, C)`` gives a NaN loss for its example.
     k: the number of top classes that count as correct, an int in ``[1, C]`` (``k = C``: the loss is 0).
     axis: the class axis.
     epsilon: regularization strength of the soft ranks, > 0; ``None`` picks the backend's default (``pav``:
       1.0, ``sinkhorn``: 1e-2). ``pav`` ranks depend on ``logits / epsilon``. A number, or one per example
       (broadcastable to ``labels``' shape), also traced.
-    backend: ``"pav"`` or ``"sinkhorn"``.
+    backend: ``"pav"``, ``"sinkhorn"`` or a backend object (:class:`otsort.Pav`, :class:`otsort.Sinkhorn`).
     **options: backend options, as for :func:`otsort.ranks`.
 
   Returns:
@@ -544,19 +570,19 @@ def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int =
     Berrada, Zisserman, Kumar, "Smooth Loss Functions for Deep Top-k Classification", ICLR 2018.
     Petersen, Kuehne, Borgelt, Deussen, "Differentiable Top-k Classification Learning", ICML 2022.
   """
-  logits = jnp.asarray(logits)
+  logits = _checks.as_array("logits", logits)
+  _checks.check_real_dtype("logits", logits.dtype)
   if logits.ndim == 0:
     raise ValueError("logits must have a class axis; got a scalar")
   axis = _checks.normalize_axis(axis, logits.ndim)
   num_classes = logits.shape[axis]
   if num_classes < 2:
     raise ValueError(f"logits must hold at least 2 classes along axis; got logits.shape[axis] = {num_classes}")
-  if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_classes:
-    raise ValueError(f"k must be an int in [1, C] with C = logits.shape[axis] = {num_classes}; got k = {k!r}")
+  k = _checks.check_int("k", k, low=1, high=num_classes, where=f"with C = logits.shape[axis] = {num_classes}")
   concrete = _is_concrete(labels)
-  labels = np.asarray(labels) if concrete else labels  # NumPy stays NumPy (and concrete) under jit
+  labels = _concrete_array("labels", labels) if concrete else labels  # NumPy stays NumPy (and concrete) under jit
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integer class ids; got dtype {labels.dtype}")
+    raise TypeError(f"labels must be integer class ids; got dtype {labels.dtype}")
   batch_shape = logits.shape[:axis] + logits.shape[axis + 1:]
   if labels.shape != batch_shape:
     raise ValueError(f"labels must have logits' shape without the class axis, {batch_shape}; got labels.shape = "
@@ -576,7 +602,7 @@ def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int =
 
 
 def soft_error(logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, epsilon: ArrayLike | None = None,
-               backend: str = "pav", **options: Any) -> jax.Array:
+               backend: str | Backend = "pav", **options: Any) -> jax.Array:
   r"""Soft 0/1 error: the soft rank of the true class counted from the top, divided by ``C - 1``, in [0, 1].
 
   :math:`\ell_\varepsilon(z, y) = r_\varepsilon(z)_y / (C - 1)` with :math:`r_\varepsilon` the decreasing soft
@@ -589,7 +615,7 @@ def soft_error(logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, epsilon:
     labels: integer class ids in ``[0, C)``, ``logits``' shape without ``axis``.
     axis: the class axis.
     epsilon: regularization strength, > 0; ``None`` picks the backend's default.
-    backend: ``"pav"`` or ``"sinkhorn"``.
+    backend: ``"pav"``, ``"sinkhorn"`` or a backend object (:class:`otsort.Pav`, :class:`otsort.Sinkhorn`).
     **options: backend options.
 
   Returns:

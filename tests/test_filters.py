@@ -198,28 +198,28 @@ def test_empty_image_is_returned_as_is():
   assert filters.median_filter(np.zeros((0, 4), np.float32)).shape == (0, 4)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    (dict(q=1.5), r"q must be a number in \[0, 1\]; got q = 1.5"),
-    (dict(q=-0.1), r"q must be a number in \[0, 1\]"),
-    (dict(q=float("nan")), r"q must be a number in \[0, 1\]"),
-    (dict(q=(0.2, 0.5)), r"q must be a number in \[0, 1\] \(one level per filter\)"),
-    (dict(q=True), r"q must be a number"),
-    (dict(size=0), r"size must be a positive int or a pair \(h, w\) of positive ints; got size = 0"),
-    (dict(size=-3), r"size must be a positive int .*; got size = -3"),
-    (dict(size=(3, 0)), r"size must be a positive int .*; got size = \(3, 0\)"),
-    (dict(size=(3, 3, 3)), r"size must be a positive int or a pair \(h, w\)"),
-    (dict(size=2.5), r"size must be a positive int"),
-    (dict(mode="same"), r"mode must be one of 'reflect', 'mirror', 'nearest', 'constant', 'wrap'; "
+@pytest.mark.parametrize(("error", "kwargs", "match"), [
+    (ValueError, dict(q=1.5), r"q must be a number in \[0, 1\]; got q = 1.5"),
+    (ValueError, dict(q=-0.1), r"q must be a number in \[0, 1\]"),
+    (ValueError, dict(q=float("nan")), r"q must be a number in \[0, 1\]"),
+    (TypeError, dict(q=(0.2, 0.5)), r"q must be a number in \[0, 1\] \(one level per filter\)"),
+    (TypeError, dict(q=True), r"q must be a number"),
+    (ValueError, dict(size=0), r"size must be a positive int or a pair \(h, w\) of positive ints; got size = 0"),
+    (ValueError, dict(size=-3), r"size must be a positive int .*; got size = -3"),
+    (ValueError, dict(size=(3, 0)), r"size must be a positive int .*; got size = \(3, 0\)"),
+    (ValueError, dict(size=(3, 3, 3)), r"size must be a positive int or a pair \(h, w\)"),
+    (TypeError, dict(size=2.5), r"size must be a positive int"),
+    (ValueError, dict(mode="same"), r"mode must be one of 'reflect', 'mirror', 'nearest', 'constant', 'wrap'; "
                         r"got mode = 'same'"),
-    (dict(mode="symmetric"), r"mode must be one of .*; got mode = 'symmetric'"),
-    (dict(cval=np.zeros(3)), r"cval must be a scalar"),
-    (dict(epsilon=-1.0), r"epsilon must be a positive finite number"),
-    (dict(backend="sort"), r"backend must be one of .*'pav'.*; got backend = 'sort'"),
-    (dict(regularization="l1"), r"regularization must be one of 'l2', 'kl'"),
+    (ValueError, dict(mode="symmetric"), r"mode must be one of .*; got mode = 'symmetric'"),
+    (ValueError, dict(cval=np.zeros(3)), r"cval must be a scalar"),
+    (ValueError, dict(epsilon=-1.0), r"epsilon must be a positive finite number"),
+    (ValueError, dict(backend="sort"), r"backend must be one of .*'pav'.*; got backend = 'sort'"),
+    (ValueError, dict(regularization="l1"), r"regularization must be one of 'l2', 'kl'"),
 ])
-def test_bad_arguments_raise_value_errors_naming_them(kwargs, match):
+def test_bad_arguments_raise_errors_naming_them(error, kwargs, match):
   kwargs = {"q": 0.5, **kwargs}
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(error, match=match):
     filters.quantile_filter(image((4, 4)), **kwargs)
 
 
@@ -250,5 +250,5 @@ def test_images_must_be_2d_or_3d(shape):
 
 
 def test_traced_q_is_rejected():
-  with pytest.raises(ValueError, match="q must be a static Python number"):
+  with pytest.raises(TypeError, match="q must be a static Python number"):
     jax.jit(lambda q: filters.quantile_filter(image((4, 4)), q))(0.5)

@@ -144,7 +144,7 @@ def test_spearman_bad_arguments_raise_errors_naming_them():
     losses.spearman_loss(np.zeros((2, 4)), np.zeros((2, 4)), groups=np.zeros(4, int))
   with pytest.raises(ValueError, match=r"num_groups is required when groups is traced"):
     jax.jit(lambda g: losses.spearman_loss(jnp.zeros(4), jnp.zeros(4), groups=g))(jnp.zeros(4, int))
-  with pytest.raises(ValueError, match=r"target_soft must be True or False"):
+  with pytest.raises(TypeError, match=r"target_soft must be True or False"):
     losses.spearman_loss(np.zeros(4), np.zeros(4), target_soft="yes")
   with pytest.raises(ValueError, match=r"epsilon must be a positive finite number"):
     losses.spearman_loss(np.zeros(4), np.zeros(4), epsilon=0.0)
@@ -215,7 +215,7 @@ def test_spearman_boosting_objective_reads_the_label_like_xgboost_and_lightgbm()
 def test_spearman_grad_hess_bad_arguments_raise_errors_naming_them():
   with pytest.raises(ValueError, match=r"hessian must be one of 'diagonal', 'constant'; got hessian = 'full'"):
     losses.spearman_grad_hess(np.zeros(4), np.zeros(4), hessian="full")
-  with pytest.raises(ValueError, match=r"num_probes must be a positive int"):
+  with pytest.raises(ValueError, match=r"num_probes must be an int >= 1; got num_probes = 0"):
     losses.spearman_grad_hess(np.zeros(4), np.zeros(4), num_probes=0)
   with pytest.raises(ValueError, match=r"pred must be 1-D"):
     losses.spearman_grad_hess(np.zeros((2, 4)), np.zeros((2, 4)))
@@ -293,13 +293,13 @@ def test_soft_errors_bad_arguments_raise_errors_naming_them():
     losses.soft_error(logits, np.array([0, 1, 5, 2]))
   with pytest.raises(ValueError, match=r"labels must be class ids in \[0, C\) = \[0, 5\); got -1"):
     losses.soft_topk_error(logits, np.array([0, -1, 4, 2]), 2)
-  for k in (0, 6, 2.0, True):
-    with pytest.raises(ValueError, match=r"k must be an int in \[1, C\] with C = logits.shape\[axis\] = 5"):
+  for k, error in ((0, ValueError), (6, ValueError), (2.0, TypeError), (True, TypeError)):
+    with pytest.raises(error, match=r"k must be an int in \[1, 5\] with C = logits.shape\[axis\] = 5"):
       losses.soft_topk_error(logits, labels, k)
   with pytest.raises(ValueError, match=r"labels must have logits' shape without the class axis, \(4,\); got "
                                        r"labels.shape = \(3,\)"):
     losses.soft_error(logits, labels[:3])
-  with pytest.raises(ValueError, match=r"labels must be integer class ids"):
+  with pytest.raises(TypeError, match=r"labels must be integer class ids"):
     losses.soft_error(logits, labels.astype(float))
   with pytest.raises(ValueError, match=r"logits must hold at least 2 classes"):
     losses.soft_error(logits[:, :1], labels)
@@ -357,9 +357,26 @@ def test_boosting_gradients_accept_integer_predictions():
     (dict(hessian="bad"), r"hessian must be one of 'diagonal', 'constant'; got hessian = 'bad'"),
     (dict(epsilonn=0.1), r"unknown option\(s\) 'epsilonn' for backend='pav'"),
     (dict(epsilon=-1.0), r"epsilon must be a positive finite number"),
-    (dict(num_probes=0), r"num_probes must be a positive int"),
+    (dict(num_probes=0), r"num_probes must be an int >= 1"),
     (dict(backend="sinkorn"), r"backend must be one of"),
 ])
 def test_a_boosting_objective_checks_its_arguments_when_it_is_made(kwargs, message):
   with pytest.raises(ValueError, match=message):
     otsort.losses.spearman_boosting_objective(**kwargs)
+
+
+def test_spearman_refuses_complex_targets_and_empty_rows_naming_them():
+  with pytest.raises(TypeError, match=r"target must be real; got dtype complex"):
+    losses.spearman_correlation(np.arange(3.0), np.arange(3.0) + 1j)
+  for shape in ((0,), (2, 0)):
+    with pytest.raises(ValueError, match=r"pred must hold at least one value along axis to correlate"):
+      losses.spearman_correlation(np.zeros(shape), np.zeros(shape))
+  assert losses.spearman_correlation(np.zeros((0, 3)), np.zeros((0, 3))).shape == (0,)
+
+
+def test_grouped_spearman_under_jit_with_an_out_of_range_group_id_is_nan_not_a_dropped_entry():
+  pred, target = jnp.arange(6.0), jnp.array([0.0, 2.0, 1.0, 3.0, 5.0, 4.0])
+  fn = jax.jit(lambda g: losses.spearman_correlation(pred, target, groups=g, num_groups=2, epsilon=1e-3))
+  assert np.isfinite(float(fn(jnp.array([0, 0, 0, 1, 1, 1]))))
+  assert np.isnan(float(fn(jnp.array([0, 0, 0, 1, 1, 2]))))
+  assert np.isnan(float(fn(jnp.array([0, 0, -1, 1, 1, 1]))))

@@ -8,9 +8,9 @@ Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", I
   s_{\\varepsilon}(x) = P(\\rho / \\varepsilon, x), \\qquad \\rho = (n, n - 1, \\dots, 1),
 
 where ``P(z, w)`` is the L2 (Euclidean) or KL projection of ``z`` onto the permutahedron of ``w``, the convex hull
-of the permutations of ``w``. Argument checking and axis handling live in :mod:`otsort._api`; the backend object :class:`Pav` holds the
-validated options, and its operations only see rows ``[batch, n]`` and one epsilon per row ``[batch]`` (an array,
-possibly traced).
+of the permutations of ``w``. Argument checking and axis handling live in :mod:`otsort._api`; the backend object
+:class:`Pav` holds the validated options, and its operations only see rows ``[batch, n]`` and one epsilon per row
+``[batch]`` (an array, possibly traced).
 """
 
 from __future__ import annotations
