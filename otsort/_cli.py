@@ -350,7 +350,6 @@ def _parser() -> argparse.ArgumentParser:
     "--backend", choices=("pav", "sinkhorn"), default="pav", help="soft sorting backend (default: pav)"
   )
   filter_parser.set_defaults(run=filter_image)
-
   return parser
 
 
