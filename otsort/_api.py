@@ -98,11 +98,11 @@ class _Call:
     self.backend, self.kwargs = _contract.resolve(backend, options, op)
     self.op = self.backend.operation(op)
     x = _checks.as_array("x", x)
+    self.compute_dtype, self.out_dtype = _checks.float_dtypes(x.dtype, "x")
     if x.ndim == 0:
       raise ValueError("x must have at least one dimension to work along; got a scalar")
     self.shape = x.shape
     self.axis = _checks.normalize_axis(axis, x.ndim)
-    self.compute_dtype, self.out_dtype = _checks.float_dtypes(x.dtype, "x")
     self.x = jnp.moveaxis(x.astype(self.compute_dtype), self.axis, -1)
     self.n = self.x.shape[-1]
     epsilon = self.backend.default_epsilon if epsilon is None else epsilon
@@ -231,7 +231,8 @@ def _check_q(q: Any) -> tuple[tuple[float, ...], bool]:
   message = "q must be a number or a non-empty 1-D sequence of numbers in [0, 1]"
   if _checks.is_traced(q):
     raise TypeError(f"{message}, static (Python or NumPy numbers), not a traced value: it fixes the output shape")
-  if q is None or isinstance(q, (bool, np.bool_, str, bytes, dict, set)):
+  if q is None or isinstance(q, (bool, np.bool_, str, bytes, dict, set)) or (
+      isinstance(q, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in q)):
     raise TypeError(f"{message}; got q = {_checks.show(q)}")
   try:
     levels = np.asarray(q)

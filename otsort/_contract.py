@@ -107,7 +107,7 @@ def resolve(backend: Any, options: dict[str, Any], op: str) -> tuple[Backend, di
       given = ", ".join(f"{k}={_checks.show(options[k])}" for k in foreign)
       raise ValueError(f"{op} takes no option(s) {', '.join(map(repr, foreign))} on backend {backend!r}: they are "
                        f"options of {', '.join(users)} only; got {given}")
-    _checks.check_option_names(backend, backend_options, sorted(fields | every_own))
+    _checks.check_option_names(backend, backend_options, [*_checks.field_names(cls), *sorted(every_own - fields)])
     resolved = cls(**backend_options)
   resolved.operation(op)  # a backend without op fails here, before its options are looked at
   kwargs = resolved.operation_kwargs(op, {k: v for k, v in options.items() if k in own})

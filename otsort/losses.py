@@ -384,6 +384,7 @@ def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike 
   """
   _check_grad_hess_arguments(hessian, num_probes, normalize, epsilon, backend, options)
   seed = _checks.check_int("seed", seed)
+  target_soft = _checks.check_bool("target_soft", target_soft)
   pred = _concrete_array("pred", pred)
   _checks.check_real_dtype("pred", pred.dtype)
   if not np.issubdtype(pred.dtype, np.floating):
@@ -498,7 +499,9 @@ def spearman_boosting_objective(*, groups: ArrayLike | None = None, **kwargs: An
     >>> obj = otsort.losses.spearman_boosting_objective(groups=eras, epsilon=0.1)
     >>> booster = xgboost.train({"tree_method": "hist"}, xgboost.DMatrix(X, y), 100, obj=obj)
   """
-  groups = None if groups is None else np.asarray(groups)
+  groups = None if groups is None else _concrete_array("groups", groups)
+  if groups is not None and not np.issubdtype(groups.dtype, np.integer):
+    raise TypeError(f"groups must hold integer group ids; got dtype {groups.dtype}")
   names = set(inspect.signature(spearman_grad_hess).parameters) - {"pred", "target", "groups", "options"}
   settings = {name: inspect.signature(spearman_grad_hess).parameters[name].default for name in names}
   settings.update({name: value for name, value in kwargs.items() if name in names})

@@ -132,3 +132,113 @@ def test_sinkhorn_huge_epsilon_gives_the_mean_and_finite_gradients(epsilon):
   value, gx, ge = _finite_value_and_grads(X, epsilon)
   np.testing.assert_allclose(value, jnp.full_like(X, jnp.mean(X)), rtol=1e-5)
   assert bool(jnp.all(jnp.isfinite(gx))) and bool(jnp.isfinite(ge))
+
+
+# The sweep (issue 14): every public function, each argument given values of a wrong type. Each call must raise a
+# TypeError (or, for a string that is merely not one of the choices, a ValueError) whose message names the
+# argument, before any compilation.
+
+_X = np.array([[3.0, 1.0, 2.0, 0.5]], np.float32)
+_IMAGE = np.zeros((4, 4), np.float32)
+
+# (what is called, its valid arguments, the arguments that may be None)
+_SWEEP = {
+    "sort": (otsort.sort, dict(x=_X, axis=-1, descending=False, epsilon=0.1, backend="pav"), {"epsilon"}),
+    "ranks": (otsort.ranks, dict(x=_X, axis=-1, descending=False, epsilon=0.1, backend="pav"), {"epsilon"}),
+    "quantile": (otsort.quantile, dict(x=_X, q=0.5, axis=-1, epsilon=0.1, backend="pav"), {"epsilon"}),
+    "topk": (otsort.topk, dict(x=_X, k=2, axis=-1, epsilon=0.1, backend="pav"), {"epsilon"}),
+    "topk_mask": (otsort.topk_mask, dict(x=_X, k=2, axis=-1, epsilon=0.1, backend="pav"), {"epsilon"}),
+    "quantize": (otsort.quantize, dict(x=_X, num_levels=2, axis=-1, epsilon=0.1, backend="sinkhorn"), {"epsilon"}),
+    "sort_with": (otsort.sort_with, dict(x=_X, values=_X, topk=2, axis=-1, epsilon=0.1, backend="sinkhorn"),
+                  {"epsilon", "topk"}),
+    "quantile_normalization": (otsort.quantile_normalization,
+                               dict(x=_X, targets=[0.0, 1.0], weights=[0.5, 0.5], axis=-1, epsilon=0.1,
+                                    backend="sinkhorn"), {"epsilon", "weights"}),
+    "sort(sinkhorn target options)": (otsort.sort, dict(x=_X, backend="sinkhorn", num_targets=3,
+                                                        target_weights=[0.2, 0.3, 0.5]),
+                                      {"num_targets", "target_weights"}),
+    "sort(target)": (otsort.sort, dict(x=_X, backend="sinkhorn", target=TargetMeasure.uniform(3)), {"target"}),
+    "spearman_correlation": (otsort.losses.spearman_correlation,
+                             dict(pred=_X[0], target=_X[0], axis=-1, target_soft=False, groups=np.array([0, 0, 1, 1]),
+                                  num_groups=2, epsilon=0.1, backend="pav"), {"epsilon", "groups", "num_groups"}),
+    "spearman_loss": (otsort.losses.spearman_loss, dict(pred=_X, target=_X, target_soft=False, epsilon=0.1),
+                      {"epsilon"}),
+    "spearman_grad_hess": (otsort.losses.spearman_grad_hess,
+                           dict(pred=_X[0], target=_X[0], groups=np.array([0, 0, 1, 1]), num_groups=2,
+                                target_soft=False, hessian="diagonal", num_probes=2, seed=0, normalize=True,
+                                epsilon=0.1, backend="pav"), {"epsilon", "groups", "num_groups"}),
+    "spearman_boosting_objective": (otsort.losses.spearman_boosting_objective,
+                                    dict(groups=np.array([0, 1]), hessian="diagonal", num_probes=2, normalize=True,
+                                         epsilon=0.1, backend="pav"), {"epsilon", "groups"}),
+    "soft_topk_error": (otsort.losses.soft_topk_error, dict(logits=_X, labels=np.array([1]), k=2, axis=-1,
+                                                            epsilon=0.1, backend="pav"), {"epsilon"}),
+    "soft_error": (otsort.losses.soft_error, dict(logits=_X, labels=np.array([1]), axis=-1, epsilon=0.1,
+                                                  backend="pav"), {"epsilon"}),
+    "quantile_filter": (otsort.filters.quantile_filter, dict(image=_IMAGE, q=0.5, size=3, mode="reflect", cval=0.0,
+                                                             epsilon=0.1, backend="pav"), {"epsilon"}),
+    "median_filter": (otsort.filters.median_filter, dict(image=_IMAGE, size=3, mode="reflect", cval=0.0,
+                                                         epsilon=0.1, backend="pav"), {"epsilon"}),
+    "Pav": (otsort.Pav, dict(regularization="l2", impl="auto"), set()),
+    "Sinkhorn": (otsort.Sinkhorn, dict(squashing="sigmoid", threshold=1e-3, min_iterations=0, max_iterations=10,
+                                       differentiation="implicit", initializer="monotone"), set()),
+    "TargetMeasure": (TargetMeasure, dict(locations=[0.0, 1.0], weights=[0.5, 0.5]), set()),
+    "TargetMeasure.uniform": (TargetMeasure.uniform, dict(num_targets=3, weights=[0.2, 0.3, 0.5]), {"weights"}),
+    "TargetMeasure.topk": (TargetMeasure.topk, dict(num_points=5, k=2), set()),
+    "TargetMeasure.topk_mask": (TargetMeasure.topk_mask, dict(num_points=5, k=2), set()),
+    "TargetMeasure.quantiles": (TargetMeasure.quantiles, dict(q=[0.5], num_points=5), set()),
+}
+_WRONG_TYPES = {"object": object(), "dict": {}, "set": {1}, "list of objects": [object()], "None": None,
+                "string": "abc", "complex": 1 + 2j}
+
+
+def _sweep_cases():
+  for name, (_, kwargs, optional) in _SWEEP.items():
+    for argument in kwargs:
+      for label in _WRONG_TYPES:
+        if label == "None" and argument in optional:
+          continue
+        yield pytest.param(name, argument, label, id=f"{name}-{argument}-{label}")
+
+
+@pytest.mark.parametrize("name, argument, label", _sweep_cases())
+def test_every_argument_of_a_wrong_type_is_refused_naming_it(name, argument, label):
+  fn, kwargs, _ = _SWEEP[name]
+  wrong = _WRONG_TYPES[label]
+  # A string can be of the right type and a wrong value (an unknown mode or backend).
+  errors = (TypeError, ValueError) if label == "string" else TypeError
+  with pytest.raises(errors) as raised:
+    fn(**{**kwargs, argument: wrong})
+  assert argument in str(raised.value), f"{name}({argument}={wrong!r}): {raised.value}"
+
+
+def test_the_sweep_covers_every_public_function():
+  public = {name for name in otsort.__all__ if callable(getattr(otsort, name)) and not name[0].isupper()}
+  public |= {name for name in otsort.losses.__all__} | {"quantile_filter", "median_filter"}
+  covered = {name.split("(")[0] for name in _SWEEP}
+  assert public <= covered, public - covered
+  assert {"Pav", "Sinkhorn", "TargetMeasure"} <= covered
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: otsort.quantile(_X, True), TypeError, "q must be a number or a non-empty 1-D sequence of numbers in "
+                                                   "[0, 1]; got q = True"),
+    (lambda: otsort.quantile(_X, [0.5, True]), TypeError, "q must be a number"),
+    (lambda: otsort.quantile(None, 0.5), TypeError, "x must be an array of numbers; got x = None"),
+    (lambda: otsort.sort_with({}, _X), TypeError, "x must be an array of numbers; got x = {}"),
+    (lambda: otsort.Sinkhorn(max_iterations=2**63), ValueError, "max_iterations must be an int in [1, 2147483647]"),
+    (lambda: otsort.sort(_X, backend=otsort.Pav(), regularization="kl"), ValueError,
+     "with a backend object, **options may only hold the options of sort (none); got 'regularization'"),
+    (lambda: otsort.sort(_X, backend=otsort.Sinkhorn(), threshold=1e-4), ValueError,
+     "set backend options on the object, Sinkhorn(threshold=...)"),
+    (lambda: otsort.sort(_X, backend=otsort.Sinkhorn(), num_targets=1), ValueError, "num_targets must be an int >= 2"),
+    (lambda: otsort.sort_with(_X, _X, backend=otsort.Pav()), ValueError,
+     "sort_with is not an operation of backend 'pav'"),
+])
+def test_issue_9_cases_are_refused_naming_the_argument(call, error, message):
+  with pytest.raises(error, match=re.escape(message)):
+    call()
+
+
+def test_numpy_scalars_are_accepted_where_python_numbers_are():
+  backend = otsort.Sinkhorn(threshold=np.float32(1e-3), max_iterations=np.int32(2000))
+  assert backend == otsort.Sinkhorn(threshold=float(np.float32(1e-3)))
