@@ -496,8 +496,13 @@ def spearman_boosting_objective(*, groups: ArrayLike | None = None, **kwargs: An
     ``obj(preds, data) -> (grad, hess)``.
 
   Example:
-    >>> obj = otsort.losses.spearman_boosting_objective(groups=eras, epsilon=0.1)
-    >>> booster = xgboost.train({"tree_method": "hist"}, xgboost.DMatrix(X, y), 100, obj=obj)
+    >>> import numpy as np, otsort
+    >>> obj = otsort.losses.spearman_boosting_objective(groups=np.array([0, 0, 0, 1, 1, 1]), epsilon=0.1)
+    >>> grad, hess = obj(np.array([0.1, 0.4, 0.3, 0.2, 0.9, 0.5]), np.arange(6.0))  # (preds, data or labels)
+    >>> grad.shape, bool(np.all(hess > 0))
+    ((6,), True)
+
+    With xgboost: ``xgboost.train({"tree_method": "hist"}, xgboost.DMatrix(X, y), 100, obj=obj)``.
   """
   groups = None if groups is None else _concrete_array("groups", groups)
   if groups is not None and not np.issubdtype(groups.dtype, np.integer):
