@@ -171,3 +171,13 @@ def test_otsort_dir_replaces_the_installed_otsort(tmp_path):
     [sys.executable, "-c", code, str(tmp_path)], cwd=_ROOT, capture_output=True, text=True, check=True
   )
   assert done.stdout.split() == ["copy", str(tmp_path.resolve() / "otsort" / "__init__.py")]
+
+
+def test_the_harness_epsilons_are_the_backends_public_defaults():
+  # The harness fixes its epsilons (they are also torchsort's and jaxopt's regularization strength, and it must run
+  # on earlier commits), and its README calls them otsort's defaults: this keeps that true.
+  from benchmarks import _methods
+  import otsort
+
+  assert _methods.PAV_EPSILON == otsort.Pav.default_epsilon
+  assert _methods.SINKHORN_EPSILON == otsort.Sinkhorn.default_epsilon

@@ -306,6 +306,14 @@ def test_help_lists_only_the_commands_there_are(capsys):
   assert listed == ["demo", "filter"]
 
 
+def test_filter_help_gives_the_backends_default_epsilons(capsys):
+  # The parser does not import otsort (a fast --help), so the help writes the defaults out: keep them true.
+  with pytest.raises(SystemExit):
+    _cli.main(["filter", "--help"])
+  help_text = " ".join(capsys.readouterr().out.split())
+  assert f"{otsort.Pav.default_epsilon} for pav, {otsort.Sinkhorn.default_epsilon} for sinkhorn" in help_text
+
+
 def test_demo_refuses_to_print_non_finite_values(monkeypatch, capsys):
   def fake(x, *args, backend, **kwargs):
     return np.full(3, np.nan if backend == "sinkhorn" else 0.0)

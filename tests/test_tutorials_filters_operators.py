@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 
+import otsort
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TUTORIALS = ("soft_median_filter", "soft_operators")
 FIGURES = {
@@ -95,3 +97,9 @@ def test_soft_operators_prints_every_operator_on_each_backend(runs, backend):
     assert found, (operator, backend, process.stdout)
     values = [float(v) for v in found[1].split()]
     assert len(values) == count and all(np.isfinite(values)), (operator, backend, values)
+
+
+def test_soft_operators_prints_the_backends_public_default_epsilons(runs):
+  process, _ = runs["soft_operators"]
+  expected = f"default epsilon: pav {otsort.Pav.default_epsilon:g}, sinkhorn {otsort.Sinkhorn.default_epsilon:g}"
+  assert expected in process.stdout.splitlines(), process.stdout

@@ -66,9 +66,10 @@ def fmt(values) -> str:
 # %% [markdown]
 # ## Five operators on one vector
 #
-# Each backend at its default `epsilon` (`pav`: 1.0, in the units of `x`; `sinkhorn`: 1e-2, on inputs it first
-# standardises and squashes into (0, 1)). The hard references are `jnp.sort`, `argsort(argsort(x))`,
-# `jnp.quantile`, `jax.lax.top_k` and the 0/1 indicator of the top k.
+# Each backend at its default `epsilon`, `otsort.Pav.default_epsilon` (1.0, in the units of `x`) and
+# `otsort.Sinkhorn.default_epsilon` (1e-2, on inputs it first standardises and squashes into (0, 1)). The hard
+# references are `jnp.sort`, `argsort(argsort(x))`, `jnp.quantile`, `jax.lax.top_k` and the 0/1 indicator of the
+# top k.
 
 # %%
 x = jnp.array([2.0, -1.0, 0.5, 3.0, 0.7])
@@ -88,20 +89,19 @@ hard = {
 @functools.partial(jax.jit, static_argnames="backend")
 def soft_operators(x, backend):
   """The five soft operators at the backend's default epsilon, compiled together (one compilation)."""
-  return dict(
-    zip(
-      hard,
-      (
-        otsort.sort(x, backend=backend),
-        otsort.ranks(x, backend=backend),
-        otsort.quantile(x, levels, backend=backend),
-        otsort.topk(x, k, backend=backend),
-        otsort.topk_mask(x, k, backend=backend),
-      ),
-    )
+  values = (
+    otsort.sort(x, backend=backend),
+    otsort.ranks(x, backend=backend),
+    otsort.quantile(x, levels, backend=backend),
+    otsort.topk(x, k, backend=backend),
+    otsort.topk_mask(x, k, backend=backend),
   )
+  return dict(zip(hard, values))
 
 
+# The backend objects carry their defaults.
+default_epsilon = {"pav": otsort.Pav.default_epsilon, "sinkhorn": otsort.Sinkhorn.default_epsilon}
+print("default epsilon: " + ", ".join(f"{backend} {default_epsilon[backend]:g}" for backend in BACKENDS))
 soft = {backend: soft_operators(x, backend) for backend in BACKENDS}
 print(f"{'x':<34}{fmt(x)}")
 for name in hard:
