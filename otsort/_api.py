@@ -65,11 +65,11 @@ def _map_over_shards(fn: Callable[..., jax.Array], x: jax.Array, aligned: tuple,
       x, *aligned, *shared)
 
 
-@functools.partial(jax.jit, static_argnames=("op", "static"))
-def _apply_on_rows(x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tuple, *, op: Callable,
+@functools.partial(jax.jit, static_argnames=("backend", "op", "static"))
+def _apply_on_rows(x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tuple, *, backend: Backend, op: str,
                    static: tuple) -> jax.Array:
   """Flattens ``x [..., n]`` (and ``epsilon [...]``, ``aligned [..., n, ...]``) into rows, applies the backend
-  operation ``op`` (a bound method of a hashable backend object), and puts the leading dimensions back:
+  operation ``op`` of ``backend`` (a hashable object: equal backends share the compilation), and puts the leading dimensions back:
   ``[..., m, ...]``. Jitted, so that eager calls compile once per configuration; ``epsilon`` is an operand, not
   part of the configuration.
 
@@ -83,7 +83,7 @@ def _apply_on_rows(x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tup
     epsilon = epsilon.reshape(-1)
     valid = (epsilon > 0) & jnp.isfinite(epsilon)
     flat = [a.reshape(rows.shape[0], *a.shape[len(lead):]) for a in operands[:len(aligned)]]
-    out = op(rows, *flat, *operands[len(aligned):], epsilon=jnp.where(valid, epsilon, 1), **dict(static))
+    out = backend.operation(op)(rows, *flat, *operands[len(aligned):], epsilon=jnp.where(valid, epsilon, 1), **dict(static))
     out = jnp.where(valid.reshape(-1, *(1,) * (out.ndim - 1)), out, jnp.nan)
     return out.reshape(*x.shape[:-1], *out.shape[1:])
 
@@ -96,7 +96,7 @@ class _Call:
 
   def __init__(self, op: str, x: ArrayLike, axis: Any, backend: Any, epsilon: Any, options: dict):
     self.backend, self.kwargs = _contract.resolve(backend, options, op)
-    self.op = self.backend.operation(op)
+    self.op_name, self.op = op, self.backend.operation(op)
     x = _checks.as_array("x", x)
     self.compute_dtype, self.out_dtype = _checks.float_dtypes(x.dtype, "x")
     if x.ndim == 0:
@@ -124,7 +124,8 @@ class _Call:
                              *map(one_row, aligned), *shared)
       out = jnp.zeros((*lead, *shape.shape[1:]), self.compute_dtype)
     else:
-      out = _apply_on_rows(self.x, self.epsilon, aligned, shared, op=self.op, static=static)
+      out = _apply_on_rows(self.x, self.epsilon, aligned, shared, backend=self.backend, op=self.op_name,
+                           static=static)
     return jnp.moveaxis(out.astype(self.out_dtype), self.x.ndim - 1, self.axis)
 
   def check_k(self, k: Any, name: str = "k") -> int:
