@@ -4,6 +4,23 @@ Two interchangeable backends behind one API: ``pav`` (projections onto the permu
 ICML 2020) and ``sinkhorn`` (entropic optimal transport, Cuturi et al., NeurIPS 2019). Every operation works
 along ``axis`` (the last by default) of an array of any shape.
 
+The whole API:
+
+- operations: :func:`sort`, :func:`ranks`, :func:`quantile`, :func:`topk`, :func:`topk_mask`, and on the sinkhorn
+  backend only :func:`quantize`, :func:`sort_with`, :func:`quantile_normalization`;
+- backends: ``backend="pav"`` (default) or ``"sinkhorn"`` with their options as keywords, or a configured object,
+  :class:`Pav` or :class:`Sinkhorn` (each with ``default_epsilon``); :class:`TargetMeasure`, a custom target
+  measure for the sinkhorn ``sort``, ``ranks`` and ``sort_with``;
+- :mod:`otsort.losses` (Spearman correlation and boosting objectives, soft classification errors) and
+  :mod:`otsort.filters` (soft quantile and median filters for images).
+
+Example:
+  >>> import otsort
+  >>> otsort.ranks([3.0, 1.0, 2.0], epsilon=0.1)
+  Array([2., 0., 1.], dtype=float32)
+  >>> otsort.sort([3.0, 1.0, 2.0], epsilon=1e-3, backend=otsort.Sinkhorn()).round(2)
+  Array([1., 2., 3.], dtype=float32)
+
 The names below are imported on first use (PEP 562), so that ``import otsort`` does not load JAX until an
 operation is asked for: the command line can then answer Ctrl-C during start-up with one line.
 """

@@ -31,9 +31,6 @@ from otsort import _checks
 from otsort import _contract
 from otsort._contract import Backend
 
-#: The backend names; a backend object (:class:`otsort.Pav`, :class:`otsort.Sinkhorn`) may be passed instead.
-BACKENDS = ("pav", "sinkhorn")
-
 
 def _map_over_shards(fn: Callable[..., jax.Array], x: jax.Array, aligned: tuple, shared: tuple) -> jax.Array:
   """``fn(x, *aligned, *shared)``, on each device's own rows when ``x`` is sharded over a mesh with explicit axes.
