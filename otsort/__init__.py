@@ -53,19 +53,19 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was never 
 
 # public name -> the module that defines it (None: a submodule of that name)
 _WHERE = {
-    "Pav": "otsort.pav",
-    "Sinkhorn": "otsort.sinkhorn",
-    "TargetMeasure": "otsort.sinkhorn",
-    "filters": None,
-    "losses": None,
-    "quantile": "otsort._api",
-    "quantile_normalization": "otsort._api",
-    "quantize": "otsort._api",
-    "ranks": "otsort._api",
-    "sort": "otsort._api",
-    "sort_with": "otsort._api",
-    "topk": "otsort._api",
-    "topk_mask": "otsort._api",
+  "Pav": "otsort.pav",
+  "Sinkhorn": "otsort.sinkhorn",
+  "TargetMeasure": "otsort.sinkhorn",
+  "filters": None,
+  "losses": None,
+  "quantile": "otsort._api",
+  "quantile_normalization": "otsort._api",
+  "quantize": "otsort._api",
+  "ranks": "otsort._api",
+  "sort": "otsort._api",
+  "sort_with": "otsort._api",
+  "topk": "otsort._api",
+  "topk_mask": "otsort._api",
 }
 
 __all__ = sorted(_WHERE)
@@ -75,8 +75,9 @@ def __getattr__(name: str) -> Any:
   if name not in _WHERE:
     raise AttributeError(f"module 'otsort' has no attribute {name!r}")
   module = _WHERE[name]
-  value = importlib.import_module(f"otsort.{name}") if module is None else getattr(importlib.import_module(module),
-                                                                                  name)
+  value = (
+    importlib.import_module(f"otsort.{name}") if module is None else getattr(importlib.import_module(module), name)
+  )
   globals()[name] = value  # later lookups skip __getattr__
   return value
 

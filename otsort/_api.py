@@ -17,8 +17,9 @@ its value never recompiles, and it may be traced (``jit``, ``vmap``, ``grad`` wi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,17 +59,17 @@ def _map_over_shards(fn: Callable[..., jax.Array], x: jax.Array, aligned: tuple,
   shared = tuple(placed(a, PartitionSpec()) for a in shared)
   specs = (rows,) * (1 + len(aligned)) + (PartitionSpec(),) * len(shared)
   # check_vma=False: the native calls carry no varying-axes types, and fn uses no collectives.
-  return jax.shard_map(fn, mesh=sharding.mesh, in_specs=specs, out_specs=rows, check_vma=False)(
-      x, *aligned, *shared)
+  return jax.shard_map(fn, mesh=sharding.mesh, in_specs=specs, out_specs=rows, check_vma=False)(x, *aligned, *shared)
 
 
 @functools.partial(jax.jit, static_argnames=("backend", "op", "static"))
-def _apply_on_rows(x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tuple, *, backend: Backend, op: str,
-                   static: tuple) -> jax.Array:
+def _apply_on_rows(
+  x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tuple, *, backend: Backend, op: str, static: tuple
+) -> jax.Array:
   """Flattens ``x [..., n]`` (and ``epsilon [...]``, ``aligned [..., n, ...]``) into rows, applies the backend
-  operation ``op`` of ``backend`` (a hashable object: equal backends share the compilation), and puts the leading dimensions back:
-  ``[..., m, ...]``. Jitted, so that eager calls compile once per configuration; ``epsilon`` is an operand, not
-  part of the configuration.
+  operation ``op`` of ``backend`` (a hashable object: equal backends share the compilation), and puts the leading
+  dimensions back: ``[..., m, ...]``. Jitted, so that eager calls compile once per configuration; ``epsilon`` is an
+  operand, not part of the configuration.
 
   A row whose epsilon is not positive and finite (only possible when epsilon is traced) is computed with
   epsilon = 1 and comes out NaN; the other rows are unaffected.
@@ -79,8 +80,10 @@ def _apply_on_rows(x: jax.Array, epsilon: jax.Array, aligned: tuple, shared: tup
     rows = x.reshape(-1, x.shape[-1])
     epsilon = epsilon.reshape(-1)
     valid = (epsilon > 0) & jnp.isfinite(epsilon)
-    flat = [a.reshape(rows.shape[0], *a.shape[len(lead):]) for a in operands[:len(aligned)]]
-    out = backend.operation(op)(rows, *flat, *operands[len(aligned):], epsilon=jnp.where(valid, epsilon, 1), **dict(static))
+    flat = [a.reshape(rows.shape[0], *a.shape[len(lead) :]) for a in operands[: len(aligned)]]
+    out = backend.operation(op)(
+      rows, *flat, *operands[len(aligned) :], epsilon=jnp.where(valid, epsilon, 1), **dict(static)
+    )
     out = jnp.where(valid.reshape(-1, *(1,) * (out.ndim - 1)), out, jnp.nan)
     return out.reshape(*x.shape[:-1], *out.shape[1:])
 
@@ -115,22 +118,29 @@ class _Call:
     static = tuple(sorted({**self.kwargs, **static}.items()))
     if self.x.size == 0:
       lead = self.x.shape[:-1]
-      one_row = lambda a: jax.ShapeDtypeStruct((1, *a.shape[len(lead):]), a.dtype)
+      one_row = lambda a: jax.ShapeDtypeStruct((1, *a.shape[len(lead) :]), a.dtype)
       probe = lambda rows, epsilon, *operands: self.op(rows, *operands, epsilon=epsilon, **dict(static))
-      shape = jax.eval_shape(probe, one_row(self.x), jax.ShapeDtypeStruct((1,), self.compute_dtype),
-                             *map(one_row, aligned), *shared)
+      shape = jax.eval_shape(
+        probe, one_row(self.x), jax.ShapeDtypeStruct((1,), self.compute_dtype), *map(one_row, aligned), *shared
+      )
       out = jnp.zeros((*lead, *shape.shape[1:]), self.compute_dtype)
     else:
-      out = _apply_on_rows(self.x, self.epsilon, aligned, shared, backend=self.backend, op=self.op_name,
-                           static=static)
+      out = _apply_on_rows(self.x, self.epsilon, aligned, shared, backend=self.backend, op=self.op_name, static=static)
     return jnp.moveaxis(out.astype(self.out_dtype), self.x.ndim - 1, self.axis)
 
   def check_k(self, k: Any, name: str = "k") -> int:
     return _checks.check_int(name, k, low=1, high=self.n, where=f"with n = x.shape[axis] = {self.n}")
 
 
-def sort(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: ArrayLike | None = None,
-         backend: str | Backend = "pav", **options: Any) -> jax.Array:
+def sort(
+  x: ArrayLike,
+  *,
+  axis: int = -1,
+  descending: bool = False,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""Soft sort: a differentiable relaxation of :func:`jax.numpy.sort`.
 
   With ``backend="pav"`` the soft sort of a row :math:`x \in \mathbb{R}^n` is the projection of
@@ -180,8 +190,15 @@ def sort(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: Arr
   return call.run(descending=_checks.check_bool("descending", descending))
 
 
-def ranks(x: ArrayLike, *, axis: int = -1, descending: bool = False, epsilon: ArrayLike | None = None,
-          backend: str | Backend = "pav", **options: Any) -> jax.Array:
+def ranks(
+  x: ArrayLike,
+  *,
+  axis: int = -1,
+  descending: bool = False,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""Soft ranks: a differentiable relaxation of ``argsort(argsort(x))``, 0-based.
 
   With ``backend="pav"`` the soft ranks of a row are the projection of :math:`x / \varepsilon` onto the
@@ -229,15 +246,19 @@ def _check_q(q: Any) -> tuple[tuple[float, ...], bool]:
   message = "q must be a number or a non-empty 1-D sequence of numbers in [0, 1]"
   if _checks.is_traced(q):
     raise TypeError(f"{message}, static (Python or NumPy numbers), not a traced value: it fixes the output shape")
-  if q is None or isinstance(q, (bool, np.bool_, str, bytes, dict, set)) or (
-      isinstance(q, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in q)):
+  if (
+    q is None
+    or isinstance(q, (bool, np.bool_, str, bytes, dict, set))
+    or (isinstance(q, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in q))
+  ):
     raise TypeError(f"{message}; got q = {_checks.show(q)}")
   try:
     levels = np.asarray(q)
   except (TypeError, ValueError):
     raise TypeError(f"{message}; got q = {_checks.show(q)}") from None
-  if levels.dtype == np.bool_ or not (np.issubdtype(levels.dtype, np.integer) or
-                                      np.issubdtype(levels.dtype, np.floating)):
+  if levels.dtype == np.bool_ or not (
+    np.issubdtype(levels.dtype, np.integer) or np.issubdtype(levels.dtype, np.floating)
+  ):
     raise TypeError(f"{message}; got q = {_checks.show(q)} (dtype {levels.dtype})")
   if levels.ndim > 1 or levels.size == 0:
     raise ValueError(f"{message}; got q = {_checks.show(q)}")
@@ -247,8 +268,15 @@ def _check_q(q: Any) -> tuple[tuple[float, ...], bool]:
   return tuple(float(v) for v in levels.reshape(-1)), levels.ndim == 0
 
 
-def quantile(x: ArrayLike, q: float | Sequence[float], *, axis: int = -1, epsilon: ArrayLike | None = None,
-             backend: str | Backend = "pav", **options: Any) -> jax.Array:
+def quantile(
+  x: ArrayLike,
+  q: float | Sequence[float],
+  *,
+  axis: int = -1,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""Soft quantiles: a differentiable relaxation of :func:`jax.numpy.quantile` (linear interpolation).
 
   ``pav``: the soft sort of the row, linearly interpolated at position :math:`q (n - 1)` like
@@ -283,8 +311,15 @@ def quantile(x: ArrayLike, q: float | Sequence[float], *, axis: int = -1, epsilo
   return jnp.squeeze(out, call.axis) if scalar else out
 
 
-def topk(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = None,
-         backend: str | Backend = "pav", **options: Any) -> jax.Array:
+def topk(
+  x: ArrayLike,
+  k: int,
+  *,
+  axis: int = -1,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""Soft top-k values: a differentiable relaxation of :func:`jax.lax.top_k`, in decreasing order.
 
   ``pav``: the first k entries of the decreasing soft sort. ``sinkhorn``: transport onto k + 1 targets, the
@@ -310,8 +345,15 @@ def topk(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = No
   return call.run(k=call.check_k(k))
 
 
-def topk_mask(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None = None,
-              backend: str | Backend = "pav", **options: Any) -> jax.Array:
+def topk_mask(
+  x: ArrayLike,
+  k: int,
+  *,
+  axis: int = -1,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""Soft top-k mask: a differentiable relaxation of the 0/1 indicator of the k largest entries.
 
   ``pav``: the projection of :math:`x / \varepsilon` onto the permutahedron of :math:`(1, \dots, 1, 0, \dots,
@@ -339,8 +381,15 @@ def topk_mask(x: ArrayLike, k: int, *, axis: int = -1, epsilon: ArrayLike | None
   return call.run(k=call.check_k(k))
 
 
-def quantize(x: ArrayLike, num_levels: int, *, axis: int = -1, epsilon: ArrayLike | None = None,
-             backend: str | Backend = "sinkhorn", **options: Any) -> jax.Array:
+def quantize(
+  x: ArrayLike,
+  num_levels: int,
+  *,
+  axis: int = -1,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "sinkhorn",
+  **options: Any,
+) -> jax.Array:
   r"""Soft quantization onto ``num_levels`` levels (``sinkhorn`` backend only, as ``ott.tools.soft_sort``).
 
   Each row is transported onto ``num_levels`` uniform targets; each input is then replaced by the average
@@ -371,8 +420,16 @@ def quantize(x: ArrayLike, num_levels: int, *, axis: int = -1, epsilon: ArrayLik
   return call.run(num_levels=_checks.check_int("num_levels", num_levels, low=2))
 
 
-def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis: int = -1,
-              epsilon: ArrayLike | None = None, backend: str | Backend = "sinkhorn", **options: Any) -> jax.Array:
+def sort_with(
+  x: ArrayLike,
+  values: ArrayLike,
+  *,
+  topk: int | None = None,
+  axis: int = -1,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "sinkhorn",
+  **options: Any,
+) -> jax.Array:
   r"""Soft-sorts ``values`` by the criterion ``x`` (``sinkhorn`` backend only), like ``values[argsort(x)]``.
 
   Each output is the average of the ``values`` sent to one target of the transport of ``x``.
@@ -401,18 +458,26 @@ def sort_with(x: ArrayLike, values: ArrayLike, *, topk: int | None = None, axis:
   values = _checks.as_array("values", values)
   _checks.check_real_dtype("values", values.dtype)
   values = values.astype(call.compute_dtype)
-  if values.shape[:len(call.shape)] != call.shape:
-    raise ValueError(f"values must have x's shape {call.shape} followed by feature dimensions; got "
-                     f"values.shape = {values.shape}")
+  if values.shape[: len(call.shape)] != call.shape:
+    raise ValueError(
+      f"values must have x's shape {call.shape} followed by feature dimensions; got values.shape = {values.shape}"
+    )
   if topk is not None:
     topk = call.check_k(topk, "topk")
   moved = jnp.moveaxis(values, call.axis, call.x.ndim - 1)
   return call.run(aligned=(moved,), topk=topk)
 
 
-def quantile_normalization(x: ArrayLike, targets: ArrayLike, *, weights: ArrayLike | None = None, axis: int = -1,
-                           epsilon: ArrayLike | None = None, backend: str | Backend = "sinkhorn",
-                           **options: Any) -> jax.Array:
+def quantile_normalization(
+  x: ArrayLike,
+  targets: ArrayLike,
+  *,
+  weights: ArrayLike | None = None,
+  axis: int = -1,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "sinkhorn",
+  **options: Any,
+) -> jax.Array:
   r"""Soft quantile normalization (``sinkhorn`` backend only): gives each row the distribution of ``targets``
   while keeping its order.
 

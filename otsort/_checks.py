@@ -8,9 +8,10 @@ a shape (``k``, ``q``, ``num_levels``), passed on elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import numbers
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ import numpy as np
 def show(value: Any, limit: int = 80) -> str:
   """``repr(value)``, cut to ``limit`` characters (an error message should not print a whole array)."""
   text = repr(value)
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def is_traced(value: Any) -> bool:
@@ -64,8 +65,10 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
   """
   scalar = _scalar(value)
   if _is_bool(scalar) or not isinstance(scalar, (int, np.integer)):
-    raise TypeError(f"{name} must be an int{_range(low, high, where)} (a Python or NumPy integer, not traced); got "
-                    f"{name} = {show(value)}")
+    raise TypeError(
+      f"{name} must be an int{_range(low, high, where)} (a Python or NumPy integer, not traced); got "
+      f"{name} = {show(value)}"
+    )
   if (low is not None and scalar < low) or (high is not None and scalar > high):
     raise ValueError(f"{name} must be an int{_range(low, high, where)}; got {name} = {show(value)}")
   return int(scalar)
@@ -91,8 +94,7 @@ def check_real(name: str, value: Any, *, positive: bool = False) -> float:
   """
   scalar = _scalar(value)
   if _is_bool(scalar) or not isinstance(scalar, (numbers.Real, np.integer, np.floating)):
-    raise TypeError(f"{name} must be a real number (a Python or NumPy number, not traced); got {name} = "
-                    f"{show(value)}")
+    raise TypeError(f"{name} must be a real number (a Python or NumPy number, not traced); got {name} = {show(value)}")
   number = float(scalar)
   if not np.isfinite(number) or (positive and number <= 0):
     raise ValueError(f"{name} must be a {'positive ' if positive else ''}finite number; got {name} = {show(value)}")
@@ -103,8 +105,10 @@ def check_option_names(backend: str, options: dict, allowed: Sequence[str]) -> N
   """``ValueError`` naming the options that ``backend`` does not have, and the ones it has."""
   unknown = sorted(set(options) - set(allowed))
   if unknown:
-    raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for backend={backend!r}; "
-                     f"its options are {', '.join(map(repr, allowed))}")
+    raise ValueError(
+      f"unknown option(s) {', '.join(map(repr, unknown))} for backend={backend!r}; "
+      f"its options are {', '.join(map(repr, allowed))}"
+    )
 
 
 def field_names(options_type: type) -> tuple[str, ...]:
@@ -165,41 +169,50 @@ def epsilon_array(epsilon: Any, batch_shape: tuple[int, ...], axis: int, dtype: 
   along ``axis``). Concrete values must be positive, finite and at least the smallest normal number of ``dtype``
   (XLA flushes subnormals to zero); a traced epsilon cannot be checked and is passed on as it is.
   """
-  if _is_bool(epsilon) or isinstance(epsilon, (str, bytes)) or not (
-      isinstance(epsilon, (numbers.Real, np.ndarray, np.generic, jax.Array)) or hasattr(epsilon, "__jax_array__")):
-    raise TypeError(f"epsilon must be a real scalar or an array of them (one per row); got epsilon = "
-                    f"{show(epsilon)}")
+  if (
+    _is_bool(epsilon)
+    or isinstance(epsilon, (str, bytes))
+    or not (isinstance(epsilon, (numbers.Real, np.ndarray, np.generic, jax.Array)) or hasattr(epsilon, "__jax_array__"))
+  ):
+    raise TypeError(f"epsilon must be a real scalar or an array of them (one per row); got epsilon = {show(epsilon)}")
   traced = is_traced(epsilon)
   value = epsilon if traced else np.asarray(epsilon)
-  if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)) or \
-      np.issubdtype(value.dtype, np.bool_):
+  if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)) or np.issubdtype(
+    value.dtype, np.bool_
+  ):
     raise TypeError(f"epsilon must be a real scalar or an array of them; got epsilon with dtype {value.dtype}")
   shape = tuple(value.shape)
   if len(shape) == len(batch_shape) + 1 and shape[axis] == 1:  # x's layout, size 1 along axis
-    shape = shape[:axis] + shape[axis + 1:]
+    shape = shape[:axis] + shape[axis + 1 :]
     value = value.reshape(shape)
   try:
     fits = np.broadcast_shapes(shape, batch_shape) == tuple(batch_shape)
   except ValueError:
     fits = False
   if not fits:
-    raise ValueError(f"epsilon must be a number or an array broadcastable to x.shape without axis, "
-                     f"{tuple(batch_shape)} (one epsilon per row; or x's shape with size 1 along axis); got "
-                     f"epsilon.shape = {tuple(value.shape)}")
+    raise ValueError(
+      f"epsilon must be a number or an array broadcastable to x.shape without axis, "
+      f"{tuple(batch_shape)} (one epsilon per row; or x's shape with size 1 along axis); got "
+      f"epsilon.shape = {tuple(value.shape)}"
+    )
   if not traced:
     with np.errstate(over="ignore"):
       cast = np.asarray(value, dtype=np.dtype(dtype))
       overflow = (np.isinf(cast) & np.isfinite(np.asarray(value, np.float64))).ravel()
     tiny = np.finfo(np.dtype(dtype)).tiny
     if np.any(overflow):
-      raise ValueError(f"epsilon must be a positive finite number in x's compute dtype {np.dtype(dtype).name}, at "
-                       f"most {np.finfo(np.dtype(dtype)).max:.3g}; got epsilon = "
-                       f"{np.asarray(value).ravel()[overflow][0].item()!r}")
+      raise ValueError(
+        f"epsilon must be a positive finite number in x's compute dtype {np.dtype(dtype).name}, at "
+        f"most {np.finfo(np.dtype(dtype)).max:.3g}; got epsilon = "
+        f"{np.asarray(value).ravel()[overflow][0].item()!r}"
+      )
     if cast.size and not np.all(np.isfinite(cast) & (cast >= tiny)):
       bad = np.asarray(value).ravel()[~(np.isfinite(cast) & (cast >= tiny)).ravel()][0]
-      raise ValueError(f"epsilon must be a positive finite number; got epsilon = {bad.item()!r} (at least "
-                       f"{tiny:.3g}, the smallest normal number of x's compute dtype {np.dtype(dtype).name}: XLA "
-                       f"flushes smaller ones to zero)")
+      raise ValueError(
+        f"epsilon must be a positive finite number; got epsilon = {bad.item()!r} (at least "
+        f"{tiny:.3g}, the smallest normal number of x's compute dtype {np.dtype(dtype).name}: XLA "
+        f"flushes smaller ones to zero)"
+      )
   return jnp.broadcast_to(jnp.asarray(value, dtype), batch_shape)
 
 
@@ -211,8 +224,10 @@ WEIGHT_SUM_ATOL = 1e-5
 def concrete_floats(name: str, value: Any) -> tuple[float, ...]:
   """A concrete, finite, non-empty 1-D sequence or array as a tuple of Python floats (checked at trace time)."""
   if is_traced(value):
-    raise TypeError(f"{name} must be a concrete 1-D sequence of floats (a list, tuple or a non-traced array) so "
-                    f"that it can be checked at trace time; got a traced {name}")
+    raise TypeError(
+      f"{name} must be a concrete 1-D sequence of floats (a list, tuple or a non-traced array) so "
+      f"that it can be checked at trace time; got a traced {name}"
+    )
   if value is None or isinstance(value, (str, bytes, dict, set)):
     raise TypeError(f"{name} must be a 1-D sequence of real numbers; got {name} = {show(value)}")
   try:
@@ -254,14 +269,15 @@ def check_sorted_values(name: str, values: Any, dtype: Any, *, min_size: int = 2
   array = as_array(name, values)
   check_real_dtype(name, array.dtype)
   if array.ndim != 1 or array.shape[0] < min_size:
-    raise ValueError(f"{name} must be a 1-D array [m] of at least {min_size} values; got {name}.shape = "
-                     f"{array.shape}")
+    raise ValueError(f"{name} must be a 1-D array [m] of at least {min_size} values; got {name}.shape = {array.shape}")
   if not is_traced(array):
     value = np.asarray(array, np.float64)
     if not np.all(np.isfinite(value)):
       raise ValueError(f"{name} must be finite; got {name} = {value.tolist()}")
     if np.any(np.diff(value) < 0):
       at = int(np.flatnonzero(np.diff(value) < 0)[0])
-      raise ValueError(f"{name} must be sorted in non-decreasing order; got {name}[{at}] = {float(value[at])!r} > "
-                       f"{name}[{at + 1}] = {float(value[at + 1])!r} in {name} = {show(value.tolist())}")
+      raise ValueError(
+        f"{name} must be sorted in non-decreasing order; got {name}[{at}] = {float(value[at])!r} > "
+        f"{name}[{at + 1}] = {float(value[at + 1])!r} in {name} = {show(value.tolist())}"
+      )
   return array.astype(dtype)

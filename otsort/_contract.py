@@ -13,7 +13,8 @@ The front end (:mod:`otsort._api`) and the losses resolve a ``backend`` argument
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from otsort import _checks
 
@@ -35,9 +36,11 @@ class Backend:
     """The row operation ``op`` (a bound method); ``ValueError`` naming the backend if it has none."""
     if op not in self.operations:
       offered = sorted(name for name, cls in backend_types().items() if op in cls.operations)
-      raise ValueError(f"{op} is not an operation of backend {self.name!r} (its operations are "
-                       f"{', '.join(sorted(self.operations))}); {op} exists on backend(s) "
-                       f"{', '.join(map(repr, offered))}; got backend = {self!r}")
+      raise ValueError(
+        f"{op} is not an operation of backend {self.name!r} (its operations are "
+        f"{', '.join(sorted(self.operations))}); {op} exists on backend(s) "
+        f"{', '.join(map(repr, offered))}; got backend = {self!r}"
+      )
     return getattr(self, op)
 
   def operation_kwargs(self, op: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +63,7 @@ def backend_types() -> dict[str, type[Backend]]:
   """The backends by name (imported on first use: the backends import this module)."""
   from otsort.pav._backend import Pav  # pylint: disable=import-outside-toplevel
   from otsort.sinkhorn._backend import Sinkhorn  # pylint: disable=import-outside-toplevel
+
   return {"pav": Pav, "sinkhorn": Sinkhorn}
 
 
@@ -84,17 +88,23 @@ def resolve(backend: Any, options: dict[str, Any], op: str) -> tuple[Backend, di
     misplaced = sorted(set(options) - own)
     if misplaced:
       fields = set(_checks.field_names(cls))
-      hint = (f"set backend options on the object, {cls.__name__}({misplaced[0]}=...)"
-              if set(misplaced) <= fields else f"{cls.__name__}'s options are "
-              f"{', '.join(map(repr, _checks.field_names(cls)))}")
-      raise ValueError(f"with a backend object, **options may only hold the options of {op} "
-                       f"({', '.join(map(repr, sorted(own))) or 'none'}); got {', '.join(map(repr, misplaced))} "
-                       f"with backend = {backend!r}: {hint}")
+      hint = (
+        f"set backend options on the object, {cls.__name__}({misplaced[0]}=...)"
+        if set(misplaced) <= fields
+        else f"{cls.__name__}'s options are {', '.join(map(repr, _checks.field_names(cls)))}"
+      )
+      raise ValueError(
+        f"with a backend object, **options may only hold the options of {op} "
+        f"({', '.join(map(repr, sorted(own))) or 'none'}); got {', '.join(map(repr, misplaced))} "
+        f"with backend = {backend!r}: {hint}"
+      )
     resolved = backend
   else:
     if not isinstance(backend, str):
-      raise TypeError(f"backend must be one of {', '.join(map(repr, types))} or a backend object "
-                      f"(otsort.Pav(...), otsort.Sinkhorn(...)); got backend = {_checks.show(backend)}")
+      raise TypeError(
+        f"backend must be one of {', '.join(map(repr, types))} or a backend object "
+        f"(otsort.Pav(...), otsort.Sinkhorn(...)); got backend = {_checks.show(backend)}"
+      )
     _checks.check_choice("backend", backend, tuple(types))
     cls = types[backend]
     own = set(cls.operation_options.get(op, ()))
@@ -105,8 +115,10 @@ def resolve(backend: Any, options: dict[str, Any], op: str) -> tuple[Backend, di
     if foreign:
       users = sorted(name for name, names in cls.operation_options.items() if set(foreign) & set(names))
       given = ", ".join(f"{k}={_checks.show(options[k])}" for k in foreign)
-      raise ValueError(f"{op} takes no option(s) {', '.join(map(repr, foreign))} on backend {backend!r}: they are "
-                       f"options of {', '.join(users)} only; got {given}")
+      raise ValueError(
+        f"{op} takes no option(s) {', '.join(map(repr, foreign))} on backend {backend!r}: they are "
+        f"options of {', '.join(users)} only; got {given}"
+      )
     _checks.check_option_names(backend, backend_options, [*_checks.field_names(cls), *sorted(every_own - fields)])
     resolved = cls(**backend_options)
   resolved.operation(op)  # a backend without op fails here, before its options are looked at
@@ -120,7 +132,7 @@ def default_epsilon(backend: Any) -> float:
     return backend.default_epsilon
   types = backend_types()
   if not isinstance(backend, str):
-    raise TypeError(f"backend must be one of {', '.join(map(repr, types))} or a backend object; got backend = "
-                    f"{_checks.show(backend)}")
+    raise TypeError(
+      f"backend must be one of {', '.join(map(repr, types))} or a backend object; got backend = {_checks.show(backend)}"
+    )
   return types[_checks.check_choice("backend", backend, tuple(types))].default_epsilon
-

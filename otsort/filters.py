@@ -45,16 +45,17 @@ __all__ = ["MODES", "median_filter", "quantile_filter"]
 MODES = ("reflect", "mirror", "nearest", "constant", "wrap")
 
 # scipy.ndimage's names -> jax.numpy.pad's names for the same extension.
-_PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "constant": "constant",
-              "wrap": "wrap"}
+_PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "constant": "constant", "wrap": "wrap"}
 
 
 def _check_image(image: ArrayLike) -> jax.Array:
   image = _checks.as_array("image", image)
   _checks.check_real_dtype("image", image.dtype)
   if image.ndim not in (2, 3):
-    raise ValueError(f"image must be [H, W] or [H, W, C] (ndim 2 or 3); got image.shape = {image.shape} "
-                     f"(ndim {image.ndim}). For a batch of images, use jax.vmap over the batch axis.")
+    raise ValueError(
+      f"image must be [H, W] or [H, W, C] (ndim 2 or 3); got image.shape = {image.shape} "
+      f"(ndim {image.ndim}). For a batch of images, use jax.vmap over the batch axis."
+    )
   if not jnp.issubdtype(image.dtype, jnp.floating):
     image = image.astype(jnp.result_type(float))  # integer images (uint8 photos) are filtered as floats
   return image
@@ -76,16 +77,24 @@ def _check_fits(size: Any, window: tuple[int, int], shape: tuple[int, ...]) -> N
   # Past the image, a larger window only repeats the extended borders while the work (h * w values per pixel)
   # keeps growing; an absurd size would take forever to gather before failing for lack of memory.
   if window[0] > shape[0] or window[1] > shape[1]:
-    raise ValueError(f"size must fit in the image, h <= H and w <= W with (H, W) = {tuple(shape[:2])} "
-                     f"(image.shape = {tuple(shape)}); got size = {size!r}")
+    raise ValueError(
+      f"size must fit in the image, h <= H and w <= W with (H, W) = {tuple(shape[:2])} "
+      f"(image.shape = {tuple(shape)}); got size = {size!r}"
+    )
 
 
 def _check_level(q: Any) -> float:
   if _checks.is_traced(q):
-    raise TypeError("q must be a static Python number in [0, 1], not a traced value: it selects which "
-                    "soft-sorted value is read (mark it static under jit)")
-  if isinstance(q, (bool, np.bool_)) or not isinstance(q, (numbers.Real, np.ndarray, jax.Array)) or np.ndim(q) or \
-      not (np.issubdtype(np.asarray(q).dtype, np.integer) or np.issubdtype(np.asarray(q).dtype, np.floating)):
+    raise TypeError(
+      "q must be a static Python number in [0, 1], not a traced value: it selects which "
+      "soft-sorted value is read (mark it static under jit)"
+    )
+  if (
+    isinstance(q, (bool, np.bool_))
+    or not isinstance(q, (numbers.Real, np.ndarray, jax.Array))
+    or np.ndim(q)
+    or not (np.issubdtype(np.asarray(q).dtype, np.integer) or np.issubdtype(np.asarray(q).dtype, np.floating))
+  ):
     raise TypeError(f"q must be a number in [0, 1] (one level per filter); got q = {_checks.show(q)}")
   level = float(q)
   if not 0.0 <= level <= 1.0:  # also rejects NaN
@@ -109,9 +118,17 @@ def _windows(image: jax.Array, size: tuple[int, int], mode: str, cval: ArrayLike
   return windows.reshape(*windows.shape[:-2], h * w)
 
 
-def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] = 3, mode: str = "reflect",
-                    cval: ArrayLike = 0.0, epsilon: float | None = None, backend: str | Backend = "pav",
-                    **options: Any) -> jax.Array:
+def quantile_filter(
+  image: ArrayLike,
+  q: float,
+  *,
+  size: int | tuple[int, int] = 3,
+  mode: str = "reflect",
+  cval: ArrayLike = 0.0,
+  epsilon: float | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""Soft quantile filter: each pixel becomes a soft quantile of its window.
 
   With :math:`\tilde x` the image extended beyond its borders by ``mode`` and :math:`Q_\varepsilon(\cdot, q)`
@@ -183,9 +200,16 @@ def quantile_filter(image: ArrayLike, q: float, *, size: int | tuple[int, int] =
   return otsort.quantile(windows, level, axis=-1, epsilon=epsilon, backend=backend, **options)
 
 
-def median_filter(image: ArrayLike, *, size: int | tuple[int, int] = 3, mode: str = "reflect",
-                  cval: ArrayLike = 0.0, epsilon: float | None = None, backend: str | Backend = "pav",
-                  **options: Any) -> jax.Array:
+def median_filter(
+  image: ArrayLike,
+  *,
+  size: int | tuple[int, int] = 3,
+  mode: str = "reflect",
+  cval: ArrayLike = 0.0,
+  epsilon: float | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""Soft median filter: :func:`quantile_filter` with :math:`q = 1/2`.
 
   For windows with an odd number of values and small ``epsilon`` it equals
@@ -217,5 +241,4 @@ def median_filter(image: ArrayLike, *, size: int | tuple[int, int] = 3, mode: st
 
     Cuturi, Teboul, Vert, "Differentiable Ranks and Sorting using Optimal Transport", NeurIPS 2019 (sinkhorn).
   """
-  return quantile_filter(image, 0.5, size=size, mode=mode, cval=cval, epsilon=epsilon, backend=backend,
-                         **options)
+  return quantile_filter(image, 0.5, size=size, mode=mode, cval=cval, epsilon=epsilon, backend=backend, **options)

@@ -13,8 +13,9 @@ silently picking another class or dropping the entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import inspect
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +28,12 @@ from otsort import _contract
 from otsort._contract import Backend
 
 __all__ = [
-    "spearman_correlation",
-    "spearman_loss",
-    "spearman_grad_hess",
-    "spearman_boosting_objective",
-    "soft_error",
-    "soft_topk_error",
+  "spearman_correlation",
+  "spearman_loss",
+  "spearman_grad_hess",
+  "spearman_boosting_objective",
+  "soft_error",
+  "soft_topk_error",
 ]
 
 _HESSIANS = ("diagonal", "constant")
@@ -98,8 +99,9 @@ def _concrete_array(name: str, value: Any) -> np.ndarray:
 
 def _check_same_shape(pred: jax.Array, target: jax.Array) -> None:
   if pred.shape != target.shape:
-    raise ValueError(f"pred and target must have the same shape; got pred.shape = {pred.shape} and "
-                     f"target.shape = {target.shape}")
+    raise ValueError(
+      f"pred and target must have the same shape; got pred.shape = {pred.shape} and target.shape = {target.shape}"
+    )
 
 
 class _Groups:
@@ -116,20 +118,25 @@ class _Groups:
     if not jnp.issubdtype(groups.dtype, jnp.integer):
       raise TypeError(f"groups must hold integer group ids; got dtype {groups.dtype}")
     if groups.shape != (n,):
-      raise ValueError(f"groups must be a 1-D array of integer group ids, one per entry of pred, shape ({n},); "
-                       f"got groups.shape = {groups.shape}")
+      raise ValueError(
+        f"groups must be a 1-D array of integer group ids, one per entry of pred, shape ({n},); "
+        f"got groups.shape = {groups.shape}"
+      )
     if num_groups is None:
       if not concrete:
-        raise ValueError("num_groups is required when groups is traced (under jit): it fixes the output layout; "
-                         "pass num_groups=<number of distinct ids> as a static Python int")
+        raise ValueError(
+          "num_groups is required when groups is traced (under jit): it fixes the output layout; "
+          "pass num_groups=<number of distinct ids> as a static Python int"
+        )
       num_groups = int(np.max(groups)) + 1
     num_groups = _checks.check_int("num_groups", num_groups, low=1)
     self.out_of_range = None  # under jit: whether some id is outside [0, num_groups) (the result is then NaN)
     if concrete:
       ids = np.asarray(groups)
       if ids.size and (ids.min() < 0 or ids.max() >= num_groups):
-        raise ValueError(f"groups must hold ids in [0, num_groups) = [0, {num_groups}); got ids from {ids.min()} "
-                         f"to {ids.max()}")
+        raise ValueError(
+          f"groups must hold ids in [0, num_groups) = [0, {num_groups}); got ids from {ids.min()} to {ids.max()}"
+        )
       sizes = np.bincount(ids, minlength=num_groups)
       self.sizes = sizes
       length = max(int(sizes.max()), 1)
@@ -157,8 +164,9 @@ class _Groups:
     self.num_groups, self.length = num_groups, length
 
 
-def _soft_ranks_padded(x: jax.Array, valid: jax.Array, sizes: np.ndarray | None, epsilon: float, backend: Any,
-                       options: dict) -> jax.Array:
+def _soft_ranks_padded(
+  x: jax.Array, valid: jax.Array, sizes: np.ndarray | None, epsilon: float, backend: Any, options: dict
+) -> jax.Array:
   """Soft ranks of the valid entries of each row ``[g, length]``, as if each row held only those entries.
 
   ``pav``: the padding is set far above the row's maximum (more than ``length * epsilon`` above). The isotonic
@@ -174,19 +182,30 @@ def _soft_ranks_padded(x: jax.Array, valid: jax.Array, sizes: np.ndarray | None,
     pad = jax.lax.stop_gradient(top + 2 * (length + 1) * epsilon + 1)
     return _api.ranks(jnp.where(valid, x, pad), epsilon=epsilon, backend=backend, **options)
   if sizes is None:
-    raise ValueError(f"groups= under jit needs backend='pav'; backend={backend!r} ranks a row against all its "
-                     "entries, so it cannot ignore padding and needs concrete group sizes: call it outside jit "
-                     "(the groups array as a NumPy array), or use backend='pav'")
+    raise ValueError(
+      f"groups= under jit needs backend='pav'; backend={backend!r} ranks a row against all its "
+      "entries, so it cannot ignore padding and needs concrete group sizes: call it outside jit "
+      "(the groups array as a NumPy array), or use backend='pav'"
+    )
   out = jnp.zeros_like(x)
   for size in np.unique(sizes[sizes > 0]):
     rows = np.flatnonzero(sizes == size)
-    out = out.at[rows, :size].set(
-        _api.ranks(x[rows, :size], epsilon=epsilon, backend=backend, **options))
+    out = out.at[rows, :size].set(_api.ranks(x[rows, :size], epsilon=epsilon, backend=backend, **options))
   return out
 
 
-def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_soft: Any, groups: Any,
-                    num_groups: Any, epsilon: Any, backend: Any, options: dict):
+def _spearman_parts(
+  pred: ArrayLike,
+  target: ArrayLike,
+  *,
+  axis: Any,
+  target_soft: Any,
+  groups: Any,
+  num_groups: Any,
+  epsilon: Any,
+  backend: Any,
+  options: dict,
+):
   """The unit-norm centred rank vectors ``u`` (of pred) and ``v`` (of target), in a ``[rows, length]`` layout with
   a validity mask, and per-row weights: the correlation of row i is ``sum(u[i] * v[i])``."""
   _checks.check_bool("target_soft", target_soft)
@@ -199,8 +218,9 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
     raise ValueError("pred must have at least one dimension to rank along; got a scalar")
   axis = _checks.normalize_axis(axis, pred.ndim)
   if pred.shape[axis] == 0:
-    raise ValueError(f"pred must hold at least one value along axis to correlate; got pred.shape = {pred.shape} "
-                     f"with axis = {axis}")
+    raise ValueError(
+      f"pred must hold at least one value along axis to correlate; got pred.shape = {pred.shape} with axis = {axis}"
+    )
   dtype = _checks.float_dtypes(pred.dtype, "pred")[0]
   pred = jnp.moveaxis(pred.astype(dtype), axis, -1)
   target = jnp.moveaxis(target, axis, -1)
@@ -218,8 +238,7 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
     weights = jnp.ones(pred.shape[:-1], dtype)
   else:
     if pred.ndim != 1:
-      raise ValueError(f"groups= needs 1-D pred and target (one entry per example); got pred.shape = "
-                       f"{pred.shape}")
+      raise ValueError(f"groups= needs 1-D pred and target (one entry per example); got pred.shape = {pred.shape}")
     layout = _Groups(groups, num_groups, pred.shape[0])
     valid, out_of_range = layout.valid, layout.out_of_range
     # One epsilon for all groups (it sets the padding of every group), a number or a 0-d array, possibly traced.
@@ -243,10 +262,18 @@ def _spearman_parts(pred: ArrayLike, target: ArrayLike, *, axis: Any, target_sof
 # Spearman
 
 
-def spearman_correlation(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_soft: bool = False,
-                         groups: ArrayLike | None = None, num_groups: int | None = None,
-                         epsilon: ArrayLike | None = None, backend: str | Backend = "pav",
-                         **options: Any) -> jax.Array:
+def spearman_correlation(
+  pred: ArrayLike,
+  target: ArrayLike,
+  *,
+  axis: int = -1,
+  target_soft: bool = False,
+  groups: ArrayLike | None = None,
+  num_groups: int | None = None,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""Soft Spearman rank correlation between ``pred`` and ``target``, differentiable in ``pred``.
 
   The Pearson correlation of the soft ranks of ``pred`` (:func:`otsort.ranks`) with the ranks of ``target``:
@@ -295,16 +322,33 @@ def spearman_correlation(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, 
     Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020 (soft Spearman
     for label ranking).
   """
-  u, v, weights, grouped = _spearman_parts(pred, target, axis=axis, target_soft=target_soft, groups=groups,
-                                           num_groups=num_groups, epsilon=epsilon, backend=backend,
-                                           options=options)
+  u, v, weights, grouped = _spearman_parts(
+    pred,
+    target,
+    axis=axis,
+    target_soft=target_soft,
+    groups=groups,
+    num_groups=num_groups,
+    epsilon=epsilon,
+    backend=backend,
+    options=options,
+  )
   corr = jnp.sum(u * v, -1)
   return jnp.sum(weights * corr) if grouped else corr
 
 
-def spearman_loss(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_soft: bool = False,
-                  groups: ArrayLike | None = None, num_groups: int | None = None, epsilon: ArrayLike | None = None,
-                  backend: str | Backend = "pav", **options: Any) -> jax.Array:
+def spearman_loss(
+  pred: ArrayLike,
+  target: ArrayLike,
+  *,
+  axis: int = -1,
+  target_soft: bool = False,
+  groups: ArrayLike | None = None,
+  num_groups: int | None = None,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""``1 - spearman_correlation(...)``: a loss in ``[0, 2]``, 0 when the ranks of ``pred`` match ``target``'s.
 
   Written as a least-squares residual of the unit-norm centred rank vectors :math:`u` (of ``pred``) and
@@ -323,14 +367,34 @@ def spearman_loss(pred: ArrayLike, target: ArrayLike, *, axis: int = -1, target_
     >>> import jax, jax.numpy as jnp, otsort
     >>> grad = jax.grad(otsort.losses.spearman_loss)(jnp.array([0.1, 0.4, 0.3]), jnp.array([1.0, 2.0, 3.0]))
   """
-  return 1 - spearman_correlation(pred, target, axis=axis, target_soft=target_soft, groups=groups,
-                                  num_groups=num_groups, epsilon=epsilon, backend=backend, **options)
+  return 1 - spearman_correlation(
+    pred,
+    target,
+    axis=axis,
+    target_soft=target_soft,
+    groups=groups,
+    num_groups=num_groups,
+    epsilon=epsilon,
+    backend=backend,
+    **options,
+  )
 
 
-def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike | None = None,
-                       num_groups: int | None = None, target_soft: bool = False, hessian: str = "diagonal",
-                       num_probes: int = 16, seed: int = 0, normalize: bool = True, epsilon: ArrayLike | None = None,
-                       backend: str | Backend = "pav", **options: Any) -> tuple[np.ndarray, np.ndarray]:
+def spearman_grad_hess(
+  pred: ArrayLike,
+  target: ArrayLike,
+  *,
+  groups: ArrayLike | None = None,
+  num_groups: int | None = None,
+  target_soft: bool = False,
+  hessian: str = "diagonal",
+  num_probes: int = 16,
+  seed: int = 0,
+  normalize: bool = True,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> tuple[np.ndarray, np.ndarray]:
   r"""Per-example gradient and a positive diagonal Hessian of :func:`spearman_loss`, for gradient boosting.
 
   Gradient-boosting libraries fit each tree to per-example first and second derivatives of the loss. This
@@ -396,11 +460,12 @@ def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike 
   _check_same_shape(pred, target)
   groups = None if groups is None else _concrete_array("groups", groups)  # concrete: any backend works
   epsilon = _default_epsilon(backend, epsilon)
-  fn = _grad_and_probes(pred.shape[0], pred.dtype, groups, num_groups, bool(target_soft), int(num_probes), backend,
-                        options)
+  fn = _grad_and_probes(
+    pred.shape[0], pred.dtype, groups, num_groups, bool(target_soft), int(num_probes), backend, options
+  )
   grad, probes = fn(pred, target, jax.random.key(seed), epsilon)
   grad = np.asarray(grad, np.float64)
-  diag = np.mean(np.asarray(probes, np.float64)**2, axis=0)
+  diag = np.mean(np.asarray(probes, np.float64) ** 2, axis=0)
   # Entries of a row (group) with a NaN or an infinity get NaN; every scale below is taken over the others only,
   # so one group's bad data changes no other group's gradient or Hessian.
   finite = np.isfinite(grad) & np.isfinite(diag)
@@ -416,8 +481,9 @@ def spearman_grad_hess(pred: ArrayLike, target: ArrayLike, *, groups: ArrayLike 
   return grad, hess
 
 
-def _check_grad_hess_arguments(hessian: Any, num_probes: Any, normalize: Any, epsilon: Any, backend: Any,
-                               options: dict) -> None:
+def _check_grad_hess_arguments(
+  hessian: Any, num_probes: Any, normalize: Any, epsilon: Any, backend: Any, options: dict
+) -> None:
   """The checks of :func:`spearman_grad_hess` that need no data, so that an objective can run them when it is made
   rather than at the first boosting round."""
   _checks.check_choice("hessian", hessian, _HESSIANS)
@@ -427,22 +493,39 @@ def _check_grad_hess_arguments(hessian: Any, num_probes: Any, normalize: Any, ep
   if epsilon is not None:
     _checks.epsilon_array(epsilon, np.shape(epsilon), 0, jnp.result_type(float))  # the type, then the one value
     if np.ndim(epsilon) != 0:
-      raise ValueError(f"epsilon must be one number for the whole prediction vector; got an array of shape "
-                       f"{np.shape(epsilon)}")
+      raise ValueError(
+        f"epsilon must be one number for the whole prediction vector; got an array of shape {np.shape(epsilon)}"
+      )
     _checks.epsilon_array(epsilon, (), 0, jnp.result_type(float))
 
 
 _GRAD_CACHE: dict[Any, Callable] = {}
 
 
-def _grad_and_probes(n: int, dtype: Any, groups: np.ndarray | None, num_groups: Any, target_soft: bool,
-                     num_probes: int, backend: Any, options: dict) -> Callable:
+def _grad_and_probes(
+  n: int,
+  dtype: Any,
+  groups: np.ndarray | None,
+  num_groups: Any,
+  target_soft: bool,
+  num_probes: int,
+  backend: Any,
+  options: dict,
+) -> Callable:
   """A jitted ``(pred, target, key, epsilon) -> (grad, J^T z for num_probes probes z)``, cached per configuration
   so that a boosting loop, which calls it every round with the same groups, compiles it once (epsilon is an
   argument: changing it does not recompile either)."""
   try:
-    key = (n, str(dtype), None if groups is None else (groups.dtype.str, groups.tobytes()), num_groups,
-           target_soft, num_probes, backend, tuple(sorted(options.items())))
+    key = (
+      n,
+      str(dtype),
+      None if groups is None else (groups.dtype.str, groups.tobytes()),
+      num_groups,
+      target_soft,
+      num_probes,
+      backend,
+      tuple(sorted(options.items())),
+    )
     hash(key)
   except TypeError:  # an unhashable option value: compile without caching
     key = None
@@ -453,9 +536,17 @@ def _grad_and_probes(n: int, dtype: Any, groups: np.ndarray | None, num_groups: 
   def fn(pred, target, rng, epsilon):
 
     def residual(p):
-      u, v, weights, _ = _spearman_parts(p, target, axis=-1, target_soft=target_soft, groups=groups,
-                                         num_groups=num_groups, epsilon=epsilon, backend=backend,
-                                         options=options)
+      u, v, weights, _ = _spearman_parts(
+        p,
+        target,
+        axis=-1,
+        target_soft=target_soft,
+        groups=groups,
+        num_groups=num_groups,
+        epsilon=epsilon,
+        backend=backend,
+        options=options,
+      )
       # 1/2 ||e||^2 = sum_g w_g (1 - rho_g) with sum_g w_g = 1 (ungrouped: one row, w = 1).
       return (u - v) * jnp.sqrt(weights)[..., None]
 
@@ -470,8 +561,9 @@ def _grad_and_probes(n: int, dtype: Any, groups: np.ndarray | None, num_groups: 
   return fn
 
 
-def spearman_boosting_objective(*, groups: ArrayLike | None = None, **kwargs: Any
-                                ) -> Callable[[np.ndarray, Any], tuple[np.ndarray, np.ndarray]]:
+def spearman_boosting_objective(
+  *, groups: ArrayLike | None = None, **kwargs: Any
+) -> Callable[[np.ndarray, Any], tuple[np.ndarray, np.ndarray]]:
   r"""A custom objective ``obj(preds, data) -> (grad, hess)`` for xgboost and lightgbm, minimizing
   :func:`spearman_loss`.
 
@@ -513,13 +605,18 @@ def spearman_boosting_objective(*, groups: ArrayLike | None = None, **kwargs: An
   options = {name: value for name, value in kwargs.items() if name not in names}
   # Checked now: a misspelt keyword (it would be taken for a backend option) or a bad value fails here, not at the
   # first boosting round.
-  _check_grad_hess_arguments(settings["hessian"], settings["num_probes"], settings["normalize"], settings["epsilon"],
-                             settings["backend"], options)
+  _check_grad_hess_arguments(
+    settings["hessian"],
+    settings["num_probes"],
+    settings["normalize"],
+    settings["epsilon"],
+    settings["backend"],
+    options,
+  )
 
   def objective(preds: np.ndarray, data: Any) -> tuple[np.ndarray, np.ndarray]:
     target = data.get_label() if hasattr(data, "get_label") else data
-    return spearman_grad_hess(np.asarray(preds).reshape(-1), np.asarray(target).reshape(-1), groups=groups,
-                              **kwargs)
+    return spearman_grad_hess(np.asarray(preds).reshape(-1), np.asarray(target).reshape(-1), groups=groups, **kwargs)
 
   return objective
 
@@ -528,9 +625,16 @@ def spearman_boosting_objective(*, groups: ArrayLike | None = None, **kwargs: An
 # Classification
 
 
-def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int = -1,
-                    epsilon: ArrayLike | None = None, backend: str | Backend = "pav",
-                    **options: Any) -> jax.Array:
+def soft_topk_error(
+  logits: ArrayLike,
+  labels: ArrayLike,
+  k: int,
+  *,
+  axis: int = -1,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""Soft top-k error: a hinge on the soft rank of the true class against the top-k boundary, in [0, 1].
 
   With :math:`r_\varepsilon` the soft ranks of the logits in decreasing order (0 for the top class) and
@@ -591,10 +695,12 @@ def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int =
   labels = _concrete_array("labels", labels) if concrete else labels  # NumPy stays NumPy (and concrete) under jit
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(f"labels must be integer class ids; got dtype {labels.dtype}")
-  batch_shape = logits.shape[:axis] + logits.shape[axis + 1:]
+  batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
   if labels.shape != batch_shape:
-    raise ValueError(f"labels must have logits' shape without the class axis, {batch_shape}; got labels.shape = "
-                     f"{labels.shape} (logits.shape = {logits.shape}, axis = {axis})")
+    raise ValueError(
+      f"labels must have logits' shape without the class axis, {batch_shape}; got labels.shape = "
+      f"{labels.shape} (logits.shape = {logits.shape}, axis = {axis})"
+    )
   if concrete and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     bad = labels[(labels < 0) | (labels >= num_classes)]
     raise ValueError(f"labels must be class ids in [0, C) = [0, {num_classes}); got {bad.ravel()[0]}")
@@ -609,8 +715,15 @@ def soft_topk_error(logits: ArrayLike, labels: ArrayLike, k: int, *, axis: int =
   return jnp.maximum(true_rank - (k - 1), 0) / (num_classes - k)
 
 
-def soft_error(logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, epsilon: ArrayLike | None = None,
-               backend: str | Backend = "pav", **options: Any) -> jax.Array:
+def soft_error(
+  logits: ArrayLike,
+  labels: ArrayLike,
+  *,
+  axis: int = -1,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  **options: Any,
+) -> jax.Array:
   r"""Soft 0/1 error: the soft rank of the true class counted from the top, divided by ``C - 1``, in [0, 1].
 
   :math:`\ell_\varepsilon(z, y) = r_\varepsilon(z)_y / (C - 1)` with :math:`r_\varepsilon` the decreasing soft
@@ -620,7 +733,8 @@ def soft_error(logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, epsilon:
 
   Args:
     logits: scores ``[..., C, ...]``, the classes along ``axis``.
-    labels: integer class ids in ``[0, C)``, ``logits``' shape without ``axis``.
+    labels: integer class ids in ``[0, C)``, ``logits``' shape without ``axis``; under ``jit`` a label outside
+      ``[0, C)`` gives a NaN loss for its example.
     axis: the class axis.
     epsilon: regularization strength, > 0; ``None`` picks the backend's default.
     backend: ``"pav"``, ``"sinkhorn"`` or a backend object (:class:`otsort.Pav`, :class:`otsort.Sinkhorn`).

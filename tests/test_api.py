@@ -10,10 +10,10 @@ import otsort
 
 # (backend, options, a small epsilon, the tolerance to the hard op at that epsilon)
 CONFIGS = {
-    "pav-l2": ("pav", {}, 1e-3, 1e-4),
-    "pav-kl": ("pav", {"regularization": "kl"}, 1e-3, 1e-4),
-    "pav-xla": ("pav", {"impl": "xla"}, 1e-3, 1e-4),
-    "sinkhorn": ("sinkhorn", {}, 1e-4, 2e-2),
+  "pav-l2": ("pav", {}, 1e-3, 1e-4),
+  "pav-kl": ("pav", {"regularization": "kl"}, 1e-3, 1e-4),
+  "pav-xla": ("pav", {"impl": "xla"}, 1e-3, 1e-4),
+  "sinkhorn": ("sinkhorn", {}, 1e-4, 2e-2),
 }
 OPS = ("sort", "ranks", "quantile", "topk", "topk_mask")
 
@@ -116,8 +116,13 @@ def test_soft_outputs_keep_their_order(config):
 def test_float32_gradients_are_finite_on_ties_and_wide_scales(config, op):
   backend, options, _, _ = config
   rng = np.random.default_rng(2)
-  rows = [rng.normal(size=10), np.repeat(rng.normal(size=5), 2), rng.normal(size=10) * 1e3,
-          rng.normal(size=10) * 1e-3, np.zeros(10)]
+  rows = [
+    rng.normal(size=10),
+    np.repeat(rng.normal(size=5), 2),
+    rng.normal(size=10) * 1e3,
+    rng.normal(size=10) * 1e-3,
+    np.zeros(10),
+  ]
   x = jnp.asarray(np.stack(rows), jnp.float32)
   for epsilon in (1e-3, 1e-1, 1.0, 10.0) if backend == "pav" else (1e-2, 1.0):
     grad = jax.grad(lambda x: (_apply(op, x, backend, options, epsilon=epsilon) ** 2).sum())(x)
@@ -129,8 +134,7 @@ def test_gradients_equal_finite_differences_in_float64(config, op):
   backend, options, _, _ = config
   with jax.enable_x64(True):
     x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6)))
-    check_grads(lambda x: _apply(op, x, backend, options, epsilon=0.5), (x,), order=1, modes=["rev"],
-                eps=1e-6)
+    check_grads(lambda x: _apply(op, x, backend, options, epsilon=0.5), (x,), order=1, modes=["rev"], eps=1e-6)
 
 
 def test_every_op_runs_under_jit_and_vmap(config):
@@ -138,47 +142,60 @@ def test_every_op_runs_under_jit_and_vmap(config):
   x = jnp.asarray(_distinct((3, 4, 6)))
   for op in OPS:
     direct = _apply(op, x, backend, options)
-    np.testing.assert_allclose(jax.jit(lambda x: _apply(op, x, backend, options))(x), direct, rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(jax.vmap(lambda x: _apply(op, x, backend, options))(x), direct, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(jax.jit(lambda x: _apply(op, x, backend, options))(x), direct, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.vmap(lambda x: _apply(op, x, backend, options))(x), direct, rtol=1e-5, atol=1e-5)
 
 
 _BAD_INPUTS = [
-    (ValueError, lambda x: otsort.topk(x, 0), r"k must be an int in \[1, 5\] with n = x.shape\[axis\] = 5; got k = 0"),
-    (ValueError, lambda x: otsort.topk(x, 6), r"got k = 6"),
-    (TypeError, lambda x: otsort.topk_mask(x, 2.5), r"got k = 2.5"),
-    (TypeError, lambda x: otsort.topk_mask(x, True), r"got k = True"),
-    (ValueError, lambda x: otsort.quantile(x, -0.1), r"q must lie in \[0, 1\]"),
-    (ValueError, lambda x: otsort.quantile(x, [0.5, 1.5]), r"q must lie in \[0, 1\]"),
-    (ValueError, lambda x: otsort.quantile(x, [[0.5]]), r"q must be a number or a non-empty 1-D sequence"),
-    (ValueError, lambda x: otsort.quantile(x, []), r"q must be a number or a non-empty 1-D sequence"),
-    (ValueError, lambda x: otsort.sort(x, axis=2), r"axis 2 is out of bounds for an array of dimension 2"),
-    (ValueError, lambda x: otsort.ranks(x, axis=-3), r"axis -3 is out of bounds"),
-    (ValueError, lambda x: otsort.sort(x, backend="torch"),
-     r"backend must be one of 'pav', 'sinkhorn'; got backend = 'torch'"),
-    (ValueError, lambda x: otsort.sort(x, backend="sinkhorn", regularization="kl"),
-     r"unknown option\(s\) 'regularization' for backend='sinkhorn'"),
-    (ValueError, lambda x: otsort.sort(x, squashing="none"), r"unknown option\(s\) 'squashing' for backend='pav'"),
-    (ValueError, lambda x: otsort.ranks(x, backend="sinkhorn", target_weights=[0.5, 0.6]), r"target_weights"),
-    (ValueError, lambda x: otsort.ranks(x, backend="sinkhorn", target_weights=[1.5, -0.5]), r"target_weights"),
-    (ValueError, lambda x: otsort.ranks(x, backend="sinkhorn", num_targets=3, target_weights=[0.5, 0.5]),
-     r"target_weights"),
-    (ValueError, lambda x: otsort.quantize(x, 3, backend="pav"),
-     r"quantize is not an operation of backend 'pav' \(its operations are quantile, ranks, sort, topk, topk_mask\); "
-     r"quantize exists on backend\(s\) 'sinkhorn'"),
-    (ValueError, lambda x: otsort.sort(x, regularisation="kl"),
-     r"unknown option\(s\) 'regularisation' for backend='pav'"),
-    (ValueError, lambda x: otsort.sort(x, regularization="l1"), r"regularization must be one of 'l2', 'kl'"),
-    (ValueError, lambda x: otsort.sort(x, impl="gpu"), r"impl must be one of 'auto', 'native', 'xla'"),
-    (ValueError, lambda x: otsort.sort(x, epsilon=0.0), r"epsilon must be a positive finite number; got epsilon = 0.0"),
-    (ValueError, lambda x: otsort.sort(x, epsilon=-1), r"epsilon must be a positive finite number"),
-    (ValueError, lambda x: otsort.sort(x, epsilon=float("nan")), r"epsilon must be a positive finite number"),
-    (ValueError, lambda x: otsort.sort(x, epsilon=float("inf")), r"epsilon must be a positive finite number"),
-    (TypeError, lambda x: otsort.sort(x, epsilon=[1.0, 2.0]), r"epsilon must be a real scalar"),
-    (TypeError, lambda x: otsort.sort(x, epsilon="small"), r"epsilon must be a real scalar"),
-    (TypeError, lambda x: otsort.sort(x, descending="yes"), r"descending must be True or False"),
-    (ValueError, lambda x: otsort.sort(x[0, 0]), r"x must have at least one dimension"),
+  (ValueError, lambda x: otsort.topk(x, 0), r"k must be an int in \[1, 5\] with n = x.shape\[axis\] = 5; got k = 0"),
+  (ValueError, lambda x: otsort.topk(x, 6), r"got k = 6"),
+  (TypeError, lambda x: otsort.topk_mask(x, 2.5), r"got k = 2.5"),
+  (TypeError, lambda x: otsort.topk_mask(x, True), r"got k = True"),
+  (ValueError, lambda x: otsort.quantile(x, -0.1), r"q must lie in \[0, 1\]"),
+  (ValueError, lambda x: otsort.quantile(x, [0.5, 1.5]), r"q must lie in \[0, 1\]"),
+  (ValueError, lambda x: otsort.quantile(x, [[0.5]]), r"q must be a number or a non-empty 1-D sequence"),
+  (ValueError, lambda x: otsort.quantile(x, []), r"q must be a number or a non-empty 1-D sequence"),
+  (ValueError, lambda x: otsort.sort(x, axis=2), r"axis 2 is out of bounds for an array of dimension 2"),
+  (ValueError, lambda x: otsort.ranks(x, axis=-3), r"axis -3 is out of bounds"),
+  (
+    ValueError,
+    lambda x: otsort.sort(x, backend="torch"),
+    r"backend must be one of 'pav', 'sinkhorn'; got backend = 'torch'",
+  ),
+  (
+    ValueError,
+    lambda x: otsort.sort(x, backend="sinkhorn", regularization="kl"),
+    r"unknown option\(s\) 'regularization' for backend='sinkhorn'",
+  ),
+  (ValueError, lambda x: otsort.sort(x, squashing="none"), r"unknown option\(s\) 'squashing' for backend='pav'"),
+  (ValueError, lambda x: otsort.ranks(x, backend="sinkhorn", target_weights=[0.5, 0.6]), r"target_weights"),
+  (ValueError, lambda x: otsort.ranks(x, backend="sinkhorn", target_weights=[1.5, -0.5]), r"target_weights"),
+  (
+    ValueError,
+    lambda x: otsort.ranks(x, backend="sinkhorn", num_targets=3, target_weights=[0.5, 0.5]),
+    r"target_weights",
+  ),
+  (
+    ValueError,
+    lambda x: otsort.quantize(x, 3, backend="pav"),
+    r"quantize is not an operation of backend 'pav' \(its operations are quantile, ranks, sort, topk, topk_mask\); "
+    r"quantize exists on backend\(s\) 'sinkhorn'",
+  ),
+  (
+    ValueError,
+    lambda x: otsort.sort(x, regularisation="kl"),
+    r"unknown option\(s\) 'regularisation' for backend='pav'",
+  ),
+  (ValueError, lambda x: otsort.sort(x, regularization="l1"), r"regularization must be one of 'l2', 'kl'"),
+  (ValueError, lambda x: otsort.sort(x, impl="gpu"), r"impl must be one of 'auto', 'native', 'xla'"),
+  (ValueError, lambda x: otsort.sort(x, epsilon=0.0), r"epsilon must be a positive finite number; got epsilon = 0.0"),
+  (ValueError, lambda x: otsort.sort(x, epsilon=-1), r"epsilon must be a positive finite number"),
+  (ValueError, lambda x: otsort.sort(x, epsilon=float("nan")), r"epsilon must be a positive finite number"),
+  (ValueError, lambda x: otsort.sort(x, epsilon=float("inf")), r"epsilon must be a positive finite number"),
+  (TypeError, lambda x: otsort.sort(x, epsilon=[1.0, 2.0]), r"epsilon must be a real scalar"),
+  (TypeError, lambda x: otsort.sort(x, epsilon="small"), r"epsilon must be a real scalar"),
+  (TypeError, lambda x: otsort.sort(x, descending="yes"), r"descending must be True or False"),
+  (ValueError, lambda x: otsort.sort(x[0, 0]), r"x must have at least one dimension"),
 ]
 
 
@@ -201,14 +218,17 @@ def test_sinkhorn_only_ops_reach_their_hard_versions_along_any_axis():
   x = _distinct((3, 6))
   values = np.random.default_rng(4).normal(size=(3, 6, 2)).astype(np.float32)
   order = np.argsort(x, axis=-1)
-  np.testing.assert_allclose(otsort.sort_with(x, values, epsilon=1e-4),
-                             np.take_along_axis(values, order[..., None], axis=1), atol=2e-2)
+  np.testing.assert_allclose(
+    otsort.sort_with(x, values, epsilon=1e-4), np.take_along_axis(values, order[..., None], axis=1), atol=2e-2
+  )
   top = otsort.sort_with(x.T, values.transpose(1, 0, 2), topk=2, axis=0, epsilon=1e-4)
-  np.testing.assert_allclose(top, np.take_along_axis(values, order[:, ::-1, None], axis=1)[:, :2].transpose(1, 0, 2),
-                             atol=2e-2)
+  np.testing.assert_allclose(
+    top, np.take_along_axis(values, order[:, ::-1, None], axis=1)[:, :2].transpose(1, 0, 2), atol=2e-2
+  )
   targets = np.linspace(-1.0, 1.0, 6)
-  np.testing.assert_allclose(otsort.quantile_normalization(x, targets, epsilon=1e-4),
-                             targets[np.argsort(order, axis=-1)], atol=2e-2)
+  np.testing.assert_allclose(
+    otsort.quantile_normalization(x, targets, epsilon=1e-4), targets[np.argsort(order, axis=-1)], atol=2e-2
+  )
   # Three levels over six sorted values: each value becomes the mean of its pair.
   pairs = np.sort(x, axis=-1).reshape(3, 3, 2).mean(-1)
   expected = np.take_along_axis(np.repeat(pairs, 2, axis=-1), np.argsort(order, axis=-1), axis=-1)
@@ -217,8 +237,11 @@ def test_sinkhorn_only_ops_reach_their_hard_versions_along_any_axis():
 
 def test_sinkhorn_only_ops_refuse_the_pav_backend_and_mismatched_values():
   x = np.ones((2, 4), np.float32)
-  for call in (lambda: otsort.quantize(x, 2, backend="pav"), lambda: otsort.sort_with(x, x, backend="pav"),
-               lambda: otsort.quantile_normalization(x, [0.0, 1.0], backend="pav")):
+  for call in (
+    lambda: otsort.quantize(x, 2, backend="pav"),
+    lambda: otsort.sort_with(x, x, backend="pav"),
+    lambda: otsort.quantile_normalization(x, [0.0, 1.0], backend="pav"),
+  ):
     with pytest.raises(ValueError, match=r"is not an operation of backend 'pav' .* exists on backend\(s\) 'sinkhorn'"):
       call()
   with pytest.raises(ValueError, match=r"values must have x's shape \(2, 4\) followed by feature dimensions"):

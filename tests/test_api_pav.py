@@ -74,8 +74,7 @@ def test_hessian_is_jacfwd_of_jacrev_and_vanishes_for_l2(op, regularization):
 
 def test_pure_jax_solver_composes_under_jit_vmap_and_hessian_like_the_native_kernel():
   def hessian_of(impl):
-    loss = lambda v: jnp.sum(jnp.arange(1.0, v.size + 1) * otsort.sort(v, epsilon=1.5, regularization="kl",
-                                                                        impl=impl))
+    loss = lambda v: jnp.sum(jnp.arange(1.0, v.size + 1) * otsort.sort(v, epsilon=1.5, regularization="kl", impl=impl))
     return jax.jit(jax.vmap(jax.hessian(loss)))(jnp.asarray(X))
 
   np.testing.assert_allclose(hessian_of("xla"), hessian_of("native"), rtol=1e-5, atol=1e-5)
@@ -180,11 +179,22 @@ def test_x64_fixture_does_not_leak_into_later_tests():
 # --- Bad arguments -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("epsilon, error", [(0.0, ValueError), (-1.0, ValueError), (np.nan, ValueError),
-                                            (np.inf, ValueError), (-np.inf, ValueError),
-                                            (np.array([0.1, -0.2]), ValueError), (1e-40, ValueError),
-                                            ([0.1], TypeError), ("0.1", TypeError), (True, TypeError),
-                                            (1j, TypeError)])
+@pytest.mark.parametrize(
+  "epsilon, error",
+  [
+    (0.0, ValueError),
+    (-1.0, ValueError),
+    (np.nan, ValueError),
+    (np.inf, ValueError),
+    (-np.inf, ValueError),
+    (np.array([0.1, -0.2]), ValueError),
+    (1e-40, ValueError),
+    ([0.1], TypeError),
+    ("0.1", TypeError),
+    (True, TypeError),
+    (1j, TypeError),
+  ],
+)
 @pytest.mark.parametrize("op", OPS)
 def test_epsilon_must_be_positive_finite_and_real(op, epsilon, error):
   with pytest.raises(error, match=r"epsilon must be a (positive finite number|real scalar)"):
@@ -193,9 +203,12 @@ def test_epsilon_must_be_positive_finite_and_real(op, epsilon, error):
 
 @pytest.mark.parametrize("op", OPS)
 def test_epsilon_must_have_one_value_per_row(op):
-  with pytest.raises(ValueError, match=r"epsilon must be a number or an array broadcastable to x.shape without "
-                                       r"axis, \(2,\) \(one epsilon per row; or x's shape with size 1 along axis\); got "
-                                       r"epsilon.shape = \(3,\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"epsilon must be a number or an array broadcastable to x.shape without "
+    r"axis, \(2,\) \(one epsilon per row; or x's shape with size 1 along axis\); got "
+    r"epsilon.shape = \(3,\)",
+  ):
     OPS[op](X, epsilon=np.array([0.1, 0.2, 0.3]))
 
 
@@ -210,9 +223,11 @@ def test_unknown_choices_are_rejected_with_the_list_of_choices(op):
     fn(X, backend="pava")
   with pytest.raises(TypeError, match=r"backend must be one of 'pav', 'sinkhorn' or a backend object"):
     fn(X, backend=None)
-  with pytest.raises(ValueError,
-                     match=r"unknown option\(s\) 'regularisation' for backend='pav'; "
-                           r"its options are 'regularization', 'impl'"):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown option\(s\) 'regularisation' for backend='pav'; "
+    r"its options are 'regularization', 'impl'",
+  ):
     fn(X, regularisation="kl")
 
 

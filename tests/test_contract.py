@@ -47,22 +47,33 @@ def test_a_name_with_options_and_the_configured_object_give_the_same_result_and_
 
 def test_operations_a_backend_lacks_are_refused_naming_backend_and_operation():
   for op in ("quantize", "sort_with", "quantile_normalization"):
-    with pytest.raises(ValueError, match=rf"{op} is not an operation of backend 'pav' .*exists on backend\(s\) "
-                                         r"'sinkhorn'"):
+    with pytest.raises(
+      ValueError,
+      match=rf"{op} is not an operation of backend 'pav' .*exists on backend\(s\) "
+      r"'sinkhorn'",
+    ):
       otsort.Pav().operation(op)
   assert otsort.Sinkhorn().operation("quantize").__func__ is otsort.Sinkhorn.quantize
 
 
 def test_options_of_one_operation_are_refused_by_the_others():
-  with pytest.raises(ValueError, match=r"topk takes no option\(s\) 'num_targets' on backend 'sinkhorn': they are "
-                                       r"options of ranks, sort, sort_with only"):
+  with pytest.raises(
+    ValueError,
+    match=r"topk takes no option\(s\) 'num_targets' on backend 'sinkhorn': they are "
+    r"options of ranks, sort, sort_with only",
+  ):
     otsort.topk(X, 2, backend="sinkhorn", num_targets=3)
-  with pytest.raises(ValueError, match=r"with a backend object, \*\*options may only hold the options of topk "
-                                       r"\(none\); got 'num_targets'"):
+  with pytest.raises(
+    ValueError,
+    match=r"with a backend object, \*\*options may only hold the options of topk "
+    r"\(none\); got 'num_targets'",
+  ):
     otsort.topk(X, 2, backend=otsort.Sinkhorn(), num_targets=3)
 
 
-@pytest.mark.parametrize("call, shape", [
+@pytest.mark.parametrize(
+  "call, shape",
+  [
     (lambda x: otsort.sort(x, backend="sinkhorn", num_targets=3), (0, 3)),
     (lambda x: otsort.sort(x, backend=otsort.Sinkhorn(), target=otsort.TargetMeasure.uniform(4)), (0, 4)),
     (lambda x: otsort.sort_with(x, jnp.zeros((*x.shape, 2)), num_targets=3), (0, 3, 2)),
@@ -72,7 +83,8 @@ def test_options_of_one_operation_are_refused_by_the_others():
     (lambda x: otsort.quantile(x, 0.5, backend="sinkhorn"), (0,)),
     (lambda x: otsort.ranks(x, backend="sinkhorn", num_targets=3), (0, 5)),
     (lambda x: otsort.topk_mask(x, 2), (0, 5)),
-])
+  ],
+)
 def test_an_empty_batch_gets_the_shape_the_operation_gives(call, shape):
   x = jnp.zeros((0, 5))
   out = call(x)
@@ -82,8 +94,21 @@ def test_an_empty_batch_gets_the_shape_the_operation_gives(call, shape):
 
 
 def test_the_public_surface():
-  assert {"Pav", "Sinkhorn", "TargetMeasure", "sort", "ranks", "quantile", "topk", "topk_mask", "quantize",
-          "sort_with", "quantile_normalization", "losses", "filters"} == set(otsort.__all__)
+  assert {
+    "Pav",
+    "Sinkhorn",
+    "TargetMeasure",
+    "sort",
+    "ranks",
+    "quantile",
+    "topk",
+    "topk_mask",
+    "quantize",
+    "sort_with",
+    "quantile_normalization",
+    "losses",
+    "filters",
+  } == set(otsort.__all__)
   assert set(otsort.__all__) <= set(dir(otsort))
   assert otsort.sinkhorn.__all__ == ["Sinkhorn", "TargetMeasure"]
   assert not hasattr(otsort.sinkhorn, "sort") and not hasattr(otsort.sinkhorn, "parse_options")
@@ -95,8 +120,14 @@ def test_the_public_surface():
 def test_losses_import_no_private_name_of_another_module():
   import ast  # pylint: disable=import-outside-toplevel
   import inspect  # pylint: disable=import-outside-toplevel
+
   tree = ast.parse(inspect.getsource(otsort.losses))
-  private = [f"{node.value.id}.{node.attr}" for node in ast.walk(tree)
-             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-             and node.value.id in {"_api", "_contract", "_checks"} and node.attr.startswith("_")]
+  private = [
+    f"{node.value.id}.{node.attr}"
+    for node in ast.walk(tree)
+    if isinstance(node, ast.Attribute)
+    and isinstance(node.value, ast.Name)
+    and node.value.id in {"_api", "_contract", "_checks"}
+    and node.attr.startswith("_")
+  ]
   assert not private, private

@@ -5,11 +5,26 @@ import importlib
 
 import pytest
 
-MODULES = ("otsort", "otsort._api", "otsort.losses", "otsort.filters", "otsort.pav._backend", "otsort.sinkhorn",
-           "otsort.sinkhorn._backend", "otsort.sinkhorn._targets")
+MODULES = (
+  "otsort",
+  "otsort._api",
+  "otsort.losses",
+  "otsort.filters",
+  "otsort.pav._backend",
+  "otsort.sinkhorn",
+  "otsort.sinkhorn._backend",
+  "otsort.sinkhorn._targets",
+)
 # Modules whose docstrings must hold at least one example (the others are checked if they have any).
-WITH_EXAMPLES = {"otsort": 1, "otsort._api": 8, "otsort.losses": 5, "otsort.filters": 2, "otsort.pav._backend": 1,
-                 "otsort.sinkhorn._backend": 1, "otsort.sinkhorn._targets": 1}
+WITH_EXAMPLES = {
+  "otsort": 1,
+  "otsort._api": 8,
+  "otsort.losses": 5,
+  "otsort.filters": 2,
+  "otsort.pav._backend": 1,
+  "otsort.sinkhorn._backend": 1,
+  "otsort.sinkhorn._targets": 1,
+}
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,16 +12,16 @@ import pytest
 import otsort
 
 _OPS = {
-    "sort": lambda x, **kw: otsort.sort(x, **kw),
-    "ranks": lambda x, **kw: otsort.ranks(x, **kw),
-    "quantile": lambda x, **kw: otsort.quantile(x, [0.3, 0.5], **kw),
-    "topk": lambda x, **kw: otsort.topk(x, 2, **kw),
-    "topk_mask": lambda x, **kw: otsort.topk_mask(x, 2, **kw),
+  "sort": lambda x, **kw: otsort.sort(x, **kw),
+  "ranks": lambda x, **kw: otsort.ranks(x, **kw),
+  "quantile": lambda x, **kw: otsort.quantile(x, [0.3, 0.5], **kw),
+  "topk": lambda x, **kw: otsort.topk(x, 2, **kw),
+  "topk_mask": lambda x, **kw: otsort.topk_mask(x, 2, **kw),
 }
 _SINKHORN_ONLY = {
-    "quantize": lambda x, **kw: otsort.quantize(x, 3, **kw),
-    "sort_with": lambda x, **kw: otsort.sort_with(x, jnp.cos(x), **kw),
-    "quantile_normalization": lambda x, **kw: otsort.quantile_normalization(x, jnp.linspace(-1.0, 1.0, 4), **kw),
+  "quantize": lambda x, **kw: otsort.quantize(x, 3, **kw),
+  "sort_with": lambda x, **kw: otsort.sort_with(x, jnp.cos(x), **kw),
+  "quantile_normalization": lambda x, **kw: otsort.quantile_normalization(x, jnp.linspace(-1.0, 1.0, 4), **kw),
 }
 _PAV = [dict(backend="pav", regularization=r, impl=i) for r in ("l2", "kl") for i in ("native", "xla")]
 _PAV_IDS = [f"{o['regularization']}-{o['impl']}" for o in _PAV]
@@ -38,8 +38,10 @@ def _all_ops(pav_options):
 
 
 def _ids(cases):
-  return [f"{name}-{options['backend']}-{options.get('regularization', '')}{options.get('impl', '')}"
-          for name, _, options in cases]
+  return [
+    f"{name}-{options['backend']}-{options.get('regularization', '')}{options.get('impl', '')}"
+    for name, _, options in cases
+  ]
 
 
 # Derivatives on every solver; the front end's row handling once per backend and regularization (the pure-JAX
@@ -76,7 +78,7 @@ def test_one_epsilon_per_row_equals_one_call_per_row(name, op, options):
   epsilon = np.array([0.3, 1.0, 2.5], np.float32) * (1.0 if options["backend"] == "pav" else 0.05)
   together = op(jnp.asarray(x), epsilon=epsilon, **options)
   for row in range(x.shape[0]):
-    alone = op(jnp.asarray(x[row:row + 1]), epsilon=float(epsilon[row]), **options)
+    alone = op(jnp.asarray(x[row : row + 1]), epsilon=float(epsilon[row]), **options)
     np.testing.assert_allclose(together[row], alone[0], rtol=1e-5, atol=1e-5, err_msg=f"row {row}")
 
 
@@ -145,15 +147,19 @@ def test_losses_take_a_traced_epsilon_under_jit():
   @jax.jit
   def losses(epsilon):
     traces.append(1)
-    return (otsort.losses.spearman_loss(pred, target, epsilon=epsilon),
-            otsort.losses.spearman_loss(flat_pred, flat_target, groups=groups, num_groups=3, epsilon=epsilon),
-            otsort.losses.soft_topk_error(pred, jnp.asarray([3, 5]), 2, epsilon=epsilon))
+    return (
+      otsort.losses.spearman_loss(pred, target, epsilon=epsilon),
+      otsort.losses.spearman_loss(flat_pred, flat_target, groups=groups, num_groups=3, epsilon=epsilon),
+      otsort.losses.soft_topk_error(pred, jnp.asarray([3, 5]), 2, epsilon=epsilon),
+    )
 
   for epsilon in (0.1, 0.5, 2.0):
     got = losses(epsilon)
-    expected = (otsort.losses.spearman_loss(pred, target, epsilon=epsilon),
-                otsort.losses.spearman_loss(flat_pred, flat_target, groups=groups, epsilon=epsilon),
-                otsort.losses.soft_topk_error(pred, np.array([3, 5]), 2, epsilon=epsilon))
+    expected = (
+      otsort.losses.spearman_loss(pred, target, epsilon=epsilon),
+      otsort.losses.spearman_loss(flat_pred, flat_target, groups=groups, epsilon=epsilon),
+      otsort.losses.soft_topk_error(pred, np.array([3, 5]), 2, epsilon=epsilon),
+    )
     for g, e in zip(got, expected):
       np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
   assert len(traces) == 1
@@ -163,10 +169,14 @@ def test_losses_take_a_traced_epsilon_under_jit():
 
 
 def test_grouped_losses_take_one_epsilon():
-  with pytest.raises(ValueError, match=r"epsilon must be a number or an array broadcastable to x.shape without "
-                                       r"axis, \(\)"):
-    otsort.losses.spearman_loss(jnp.arange(4.0), jnp.arange(4.0), groups=np.array([0, 0, 1, 1]),
-                                epsilon=np.array([0.1, 0.2]))
+  with pytest.raises(
+    ValueError,
+    match=r"epsilon must be a number or an array broadcastable to x.shape without "
+    r"axis, \(\)",
+  ):
+    otsort.losses.spearman_loss(
+      jnp.arange(4.0), jnp.arange(4.0), groups=np.array([0, 0, 1, 1]), epsilon=np.array([0.1, 0.2])
+    )
 
 
 def test_boosting_gradients_do_not_recompile_for_a_new_epsilon():
@@ -189,6 +199,7 @@ def test_filters_take_a_traced_epsilon():
     return otsort.filters.median_filter(image, size=3, epsilon=epsilon)
 
   for epsilon in (0.05, 0.5):
-    np.testing.assert_allclose(median(epsilon), otsort.filters.median_filter(image, size=3, epsilon=epsilon),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+      median(epsilon), otsort.filters.median_filter(image, size=3, epsilon=epsilon), rtol=1e-6, atol=1e-6
+    )
   assert len(traces) == 1

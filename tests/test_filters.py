@@ -13,11 +13,11 @@ import functools
 import re
 
 import jax
+from jax import test_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
-from jax import test_util
 
 from otsort import filters
 
@@ -30,8 +30,17 @@ TOLERANCE = {"pav": 1e-6, "sinkhorn": 3e-3}
 # (image shape, window) pairs: 2-D and [H, W, C]; square and rectangular, odd and even windows; windows as large
 # as the image (the borders extended by up to half the image). Eager calls compile their small ops once per pair,
 # so the sweeps below go over these pairs only.
-CASES = (((7, 9), 3), ((7, 9), (3, 5)), ((7, 9), 4), ((7, 9), (2, 3)), ((6, 5, 3), 3), ((6, 5, 3), (1, 4)),
-         ((5, 6), 5), ((5, 6), (5, 6)), ((2, 3), (2, 3)))
+CASES = (
+  ((7, 9), 3),
+  ((7, 9), (3, 5)),
+  ((7, 9), 4),
+  ((7, 9), (2, 3)),
+  ((6, 5, 3), 3),
+  ((6, 5, 3), (1, 4)),
+  ((5, 6), 5),
+  ((5, 6), (5, 6)),
+  ((2, 3), (2, 3)),
+)
 
 
 def image(shape, seed=0, dtype=np.float32) -> np.ndarray:
@@ -114,8 +123,9 @@ def test_even_window_median_averages_the_two_middle_values():
 @pytest.mark.parametrize("shape", ((7, 9), (6, 5, 3)))
 def test_median_filter_equals_scipy_on_both_backends(backend, shape):
   x = image(shape, seed=3)
-  fn = jax.jit(functools.partial(filters.median_filter, size=3, mode="reflect", epsilon=SMALL_EPSILON[backend],
-                                 backend=backend))
+  fn = jax.jit(
+    functools.partial(filters.median_filter, size=3, mode="reflect", epsilon=SMALL_EPSILON[backend], backend=backend)
+  )
   expected = scipy.ndimage.median_filter(x, size=scipy_size(3, x.ndim), mode="reflect")
   np.testing.assert_allclose(fn(x), expected, atol=TOLERANCE[backend])
 
@@ -163,16 +173,16 @@ def test_cval_may_be_traced_under_jit():
 def test_vmap_over_a_batch_of_images_equals_a_loop():
   batch = image((3, 6, 7), seed=7)
   out = jax.vmap(lambda x: filters.median_filter(x, size=3, epsilon=5.0))(batch)
-  np.testing.assert_allclose(out, np.stack([filters.median_filter(x, size=3, epsilon=5.0) for x in batch]),
-                             atol=1e-6)
+  np.testing.assert_allclose(out, np.stack([filters.median_filter(x, size=3, epsilon=5.0) for x in batch]), atol=1e-6)
 
 
 @pytest.mark.parametrize(("regularization", "mode"), (("l2", "reflect"), ("kl", "constant")))
 def test_pav_gradients_equal_finite_differences(x64, regularization, mode):
   # With mode="constant" the derivative with respect to cval is checked too.
   x = image((4, 5, 2), seed=8, dtype=np.float64)
-  fn = lambda x, cval: filters.quantile_filter(x, 0.4, size=3, mode=mode, cval=cval, epsilon=5.0,
-                                               regularization=regularization)
+  fn = lambda x, cval: filters.quantile_filter(
+    x, 0.4, size=3, mode=mode, cval=cval, epsilon=5.0, regularization=regularization
+  )
   test_util.check_grads(fn, (x, 0.2), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
 
 
@@ -188,8 +198,9 @@ def test_soft_median_gradient_spreads_over_the_window():
 
 def test_sinkhorn_gradients_equal_finite_differences(x64):
   x = image((3, 4), seed=11, dtype=np.float64)
-  fn = jax.jit(functools.partial(filters.median_filter, size=3, mode="reflect", epsilon=0.1,
-                                 backend="sinkhorn", threshold=1e-10))
+  fn = jax.jit(
+    functools.partial(filters.median_filter, size=3, mode="reflect", epsilon=0.1, backend="sinkhorn", threshold=1e-10)
+  )
   # Reverse mode only: the Sinkhorn solver is a custom_vjp function.
   test_util.check_grads(fn, (x,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5)
 
@@ -198,7 +209,9 @@ def test_empty_image_is_returned_as_is():
   assert filters.median_filter(np.zeros((0, 4), np.float32)).shape == (0, 4)
 
 
-@pytest.mark.parametrize(("error", "kwargs", "match"), [
+@pytest.mark.parametrize(
+  ("error", "kwargs", "match"),
+  [
     (ValueError, dict(q=1.5), r"q must be a number in \[0, 1\]; got q = 1.5"),
     (ValueError, dict(q=-0.1), r"q must be a number in \[0, 1\]"),
     (ValueError, dict(q=float("nan")), r"q must be a number in \[0, 1\]"),
@@ -209,14 +222,19 @@ def test_empty_image_is_returned_as_is():
     (ValueError, dict(size=(3, 0)), r"size must be a positive int .*; got size = \(3, 0\)"),
     (ValueError, dict(size=(3, 3, 3)), r"size must be a positive int or a pair \(h, w\)"),
     (TypeError, dict(size=2.5), r"size must be a positive int"),
-    (ValueError, dict(mode="same"), r"mode must be one of 'reflect', 'mirror', 'nearest', 'constant', 'wrap'; "
-                        r"got mode = 'same'"),
+    (
+      ValueError,
+      dict(mode="same"),
+      r"mode must be one of 'reflect', 'mirror', 'nearest', 'constant', 'wrap'; "
+      r"got mode = 'same'",
+    ),
     (ValueError, dict(mode="symmetric"), r"mode must be one of .*; got mode = 'symmetric'"),
     (ValueError, dict(cval=np.zeros(3)), r"cval must be a scalar"),
     (ValueError, dict(epsilon=-1.0), r"epsilon must be a positive finite number"),
     (ValueError, dict(backend="sort"), r"backend must be one of .*'pav'.*; got backend = 'sort'"),
     (ValueError, dict(regularization="l1"), r"regularization must be one of 'l2', 'kl'"),
-])
+  ],
+)
 def test_bad_arguments_raise_errors_naming_them(error, kwargs, match):
   kwargs = {"q": 0.5, **kwargs}
   with pytest.raises(error, match=match):
@@ -229,8 +247,11 @@ def test_a_window_larger_than_the_image_is_refused_before_any_work(size, monkeyp
     raise AssertionError("the windows were gathered before the size was checked")
 
   monkeypatch.setattr(filters, "_windows", gather)
-  with pytest.raises(ValueError, match=r"size must fit in the image, h <= H and w <= W with \(H, W\) = \(4, 6\) "
-                                       rf"\(image.shape = \(4, 6, 3\)\); got size = {re.escape(repr(size))}$"):
+  with pytest.raises(
+    ValueError,
+    match=r"size must fit in the image, h <= H and w <= W with \(H, W\) = \(4, 6\) "
+    rf"\(image.shape = \(4, 6, 3\)\); got size = {re.escape(repr(size))}$",
+  ):
     filters.median_filter(image((4, 6, 3)), size=size)
 
 
@@ -244,8 +265,11 @@ def test_windows_are_gathered_in_as_many_operations_whatever_their_size():
 
 @pytest.mark.parametrize("shape", ((5,), (2, 4, 4, 3), ()))
 def test_images_must_be_2d_or_3d(shape):
-  with pytest.raises(ValueError, match=r"image must be \[H, W\] or \[H, W, C\] \(ndim 2 or 3\); got image.shape"
-                                       r" = .*For a batch of images, use jax.vmap"):
+  with pytest.raises(
+    ValueError,
+    match=r"image must be \[H, W\] or \[H, W, C\] \(ndim 2 or 3\); got image.shape"
+    r" = .*For a batch of images, use jax.vmap",
+  ):
     filters.median_filter(np.zeros(shape, np.float32))
 
 

@@ -4,21 +4,20 @@ soft (top-k) classification errors: their hard limits, derivatives, transformati
 from __future__ import annotations
 
 import jax
+from jax import test_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import test_util
 from scipy import stats
 
 import otsort
 from otsort import losses
 
-
 # (backend, options, an epsilon at which ranks are hard on these inputs, tolerance on the hard results)
 BACKENDS = [
-    pytest.param("pav", {"regularization": "l2"}, 1e-4, 1e-5, id="pav-l2"),
-    pytest.param("pav", {"regularization": "kl"}, 1e-4, 1e-5, id="pav-kl"),
-    pytest.param("sinkhorn", {}, 1e-4, 2e-2, id="sinkhorn"),
+  pytest.param("pav", {"regularization": "l2"}, 1e-4, 1e-5, id="pav-l2"),
+  pytest.param("pav", {"regularization": "kl"}, 1e-4, 1e-5, id="pav-kl"),
+  pytest.param("sinkhorn", {}, 1e-4, 2e-2, id="sinkhorn"),
 ]
 PAV = BACKENDS[:2]
 
@@ -62,8 +61,7 @@ def test_spearman_correlation_works_along_any_axis():
   got = losses.spearman_correlation(pred, target, axis=0, epsilon=1e-4)
   want = [stats.spearmanr(pred[:, j], target[:, j]).statistic for j in range(3)]
   np.testing.assert_allclose(got, want, atol=1e-5)
-  np.testing.assert_allclose(losses.spearman_loss(pred, target, axis=0, epsilon=1e-4), 1 - np.asarray(want),
-                             atol=1e-5)
+  np.testing.assert_allclose(losses.spearman_loss(pred, target, axis=0, epsilon=1e-4), 1 - np.asarray(want), atol=1e-5)
 
 
 def test_spearman_with_soft_target_equals_scipy_at_small_epsilon_and_is_differentiable_in_target():
@@ -94,14 +92,24 @@ def test_grouped_spearman_under_jit_equals_each_group_ranked_alone(backend, opti
   rng = np.random.default_rng(4)
   groups = rng.integers(0, 3, size=30)
   pred, target = rng.normal(size=30), rng.normal(size=30)
-  fn = jax.jit(lambda p, t, g: losses.spearman_correlation(p, t, groups=g, num_groups=3, epsilon=epsilon,
-                                                           backend=backend, **options))
-  want = np.mean([losses.spearman_correlation(pred[groups == g], target[groups == g], epsilon=epsilon,
-                                              backend=backend, **options) for g in range(3)])
+  fn = jax.jit(
+    lambda p, t, g: losses.spearman_correlation(
+      p, t, groups=g, num_groups=3, epsilon=epsilon, backend=backend, **options
+    )
+  )
+  want = np.mean(
+    [
+      losses.spearman_correlation(pred[groups == g], target[groups == g], epsilon=epsilon, backend=backend, **options)
+      for g in range(3)
+    ]
+  )
   np.testing.assert_allclose(fn(pred, target, groups), want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(
-      losses.spearman_correlation(pred, target, groups=groups, epsilon=epsilon, backend=backend, **options), want,
-      rtol=1e-5, atol=1e-6)
+    losses.spearman_correlation(pred, target, groups=groups, epsilon=epsilon, backend=backend, **options),
+    want,
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def test_spearman_gradient_is_zero_at_tiny_epsilon_and_dense_at_moderate_epsilon():
@@ -119,8 +127,7 @@ def test_spearman_loss_gradients_equal_finite_differences_in_float64(x64, backen
   fn = jax.jit(lambda p: losses.spearman_loss(p, target, epsilon=epsilon, backend=backend, **options))
   test_util.check_grads(fn, (jnp.asarray(pred),), order=1, modes=["rev"], atol=1e-5, rtol=_fd_rtol(backend))
   groups = np.array([0, 1, 0, 1, 1, 0])
-  fn = jax.jit(lambda p: losses.spearman_loss(p, target[0], groups=groups, epsilon=epsilon, backend=backend,
-                                              **options))
+  fn = jax.jit(lambda p: losses.spearman_loss(p, target[0], groups=groups, epsilon=epsilon, backend=backend, **options))
   test_util.check_grads(fn, (jnp.asarray(pred[0]),), order=1, modes=["rev"], atol=1e-5, rtol=_fd_rtol(backend))
 
 
@@ -152,8 +159,9 @@ def test_spearman_bad_arguments_raise_errors_naming_them():
 
 def test_grouped_spearman_with_sinkhorn_under_jit_says_to_use_pav_or_concrete_groups():
   with pytest.raises(ValueError, match=r"groups= under jit needs backend='pav'"):
-    jax.jit(lambda g: losses.spearman_loss(jnp.arange(4.0), jnp.arange(4.0), groups=g, num_groups=2,
-                                           backend="sinkhorn"))(jnp.array([0, 1, 0, 1]))
+    jax.jit(
+      lambda g: losses.spearman_loss(jnp.arange(4.0), jnp.arange(4.0), groups=g, num_groups=2, backend="sinkhorn")
+    )(jnp.array([0, 1, 0, 1]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,8 +175,7 @@ def test_spearman_grad_hess_gradient_equals_jax_grad_and_hessian_is_positive_and
   groups = rng.integers(0, 5, size=50) if grouped else None
   loss = lambda p: losses.spearman_loss(p, target, groups=groups, epsilon=0.5)
   want = np.asarray(jax.grad(loss)(jnp.asarray(pred)))
-  grad, hess = losses.spearman_grad_hess(pred, target, groups=groups, hessian=hessian, normalize=False,
-                                         epsilon=0.5)
+  grad, hess = losses.spearman_grad_hess(pred, target, groups=groups, hessian=hessian, normalize=False, epsilon=0.5)
   np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-8)
   assert grad.dtype == hess.dtype == np.float64 and grad.shape == hess.shape == (50,)
   assert np.all(np.isfinite(hess)) and np.all(hess > 0)
@@ -233,7 +240,8 @@ def _logits(seed: int, batch: int = 64, classes: int = 6):
 @pytest.mark.parametrize("backend, options, tiny, tol", PAV)
 @pytest.mark.parametrize("k", [1, 2, 5, 6])
 def test_soft_topk_error_at_small_epsilon_is_zero_exactly_for_hits_and_the_scaled_hard_rank_otherwise(
-    backend, options, tiny, tol, k):
+  backend, options, tiny, tol, k
+):
   logits, labels = _logits(11)
   loss = np.asarray(losses.soft_topk_error(logits, labels, k, epsilon=tiny, backend=backend, **options))
   rank = np.argsort(np.argsort(-logits, axis=-1), axis=-1)[np.arange(len(labels)), labels]  # 0 = top
@@ -248,16 +256,21 @@ def test_soft_topk_error_at_small_epsilon_is_zero_exactly_for_hits_and_the_scale
 
 def test_soft_errors_lie_in_unit_interval_and_reach_the_mean_rank_at_large_epsilon():
   logits, labels = _logits(12)
-  for loss in (losses.soft_error(logits, labels, epsilon=1.0),
-               losses.soft_topk_error(logits, labels, 3, epsilon=1.0, regularization="kl")):
+  for loss in (
+    losses.soft_error(logits, labels, epsilon=1.0),
+    losses.soft_topk_error(logits, labels, 3, epsilon=1.0, regularization="kl"),
+  ):
     assert np.all((np.asarray(loss) >= 0) & (np.asarray(loss) <= 1))
   np.testing.assert_allclose(losses.soft_error(logits, labels, epsilon=1e6), 0.5, atol=1e-4)
 
 
 def test_soft_topk_error_works_along_any_class_axis():
   logits, labels = _logits(13)
-  np.testing.assert_allclose(losses.soft_topk_error(logits.T, labels, 2, axis=0, epsilon=0.5),
-                             losses.soft_topk_error(logits, labels, 2, epsilon=0.5), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.soft_topk_error(logits.T, labels, 2, axis=0, epsilon=0.5),
+    losses.soft_topk_error(logits, labels, 2, epsilon=0.5),
+    rtol=1e-6,
+  )
 
 
 @pytest.mark.parametrize("backend, options, tiny, tol", BACKENDS)
@@ -273,8 +286,7 @@ def test_soft_topk_error_gradients_equal_finite_differences_in_float64(x64, back
 def test_soft_errors_work_under_jit_and_vmap_and_give_finite_gradients():
   logits, labels = _logits(15)
   fn = jax.jit(lambda z, y: losses.soft_topk_error(z, y, 2, epsilon=0.5))
-  np.testing.assert_allclose(fn(logits, labels), losses.soft_topk_error(logits, labels, 2, epsilon=0.5),
-                             rtol=1e-6)
+  np.testing.assert_allclose(fn(logits, labels), losses.soft_topk_error(logits, labels, 2, epsilon=0.5), rtol=1e-6)
   mapped = jax.vmap(lambda z, y: losses.soft_error(z, y, epsilon=0.5))(logits, labels)
   np.testing.assert_allclose(mapped, losses.soft_error(logits, labels, epsilon=0.5), rtol=1e-6)
   grad = jax.jit(jax.grad(lambda z: losses.soft_error(z, labels, epsilon=0.5).mean()))(logits)
@@ -296,8 +308,11 @@ def test_soft_errors_bad_arguments_raise_errors_naming_them():
   for k, error in ((0, ValueError), (6, ValueError), (2.0, TypeError), (True, TypeError)):
     with pytest.raises(error, match=r"k must be an int in \[1, 5\] with C = logits.shape\[axis\] = 5"):
       losses.soft_topk_error(logits, labels, k)
-  with pytest.raises(ValueError, match=r"labels must have logits' shape without the class axis, \(4,\); got "
-                                       r"labels.shape = \(3,\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"labels must have logits' shape without the class axis, \(4,\); got "
+    r"labels.shape = \(3,\)",
+  ):
     losses.soft_error(logits, labels[:3])
   with pytest.raises(TypeError, match=r"labels must be integer class ids"):
     losses.soft_error(logits, labels.astype(float))
@@ -322,7 +337,8 @@ def test_a_row_with_a_nan_or_an_infinity_has_a_nan_correlation_and_leaves_other_
     assert np.isnan(corr[1]), which
     np.testing.assert_allclose(corr[[0, 2]], clean[[0, 2]], rtol=1e-6)
     grad = jax.grad(lambda q: jnp.sum(otsort.losses.spearman_loss(q, t, epsilon=0.1)[jnp.array([0, 2])]))(
-        jnp.asarray(p))
+      jnp.asarray(p)
+    )
     assert np.all(np.isfinite(grad[jnp.array([0, 2])]))
 
 
@@ -353,13 +369,16 @@ def test_boosting_gradients_accept_integer_predictions():
   assert grad.dtype == np.float64 and np.all(np.isfinite(grad)) and np.all(hess > 0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(hessian="bad"), r"hessian must be one of 'diagonal', 'constant'; got hessian = 'bad'"),
     (dict(epsilonn=0.1), r"unknown option\(s\) 'epsilonn' for backend='pav'"),
     (dict(epsilon=-1.0), r"epsilon must be a positive finite number"),
     (dict(num_probes=0), r"num_probes must be an int >= 1"),
     (dict(backend="sinkorn"), r"backend must be one of"),
-])
+  ],
+)
 def test_a_boosting_objective_checks_its_arguments_when_it_is_made(kwargs, message):
   with pytest.raises(ValueError, match=message):
     otsort.losses.spearman_boosting_objective(**kwargs)

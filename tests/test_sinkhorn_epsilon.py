@@ -33,40 +33,42 @@ def _ops(n, options, names=None):
   k = max(1, n // 3)
   backend, kw = options, {}
   ops = {
-      "sort": lambda x, e: backend.sort(x, descending=False, epsilon=e, **kw),
-      "ranks": lambda x, e: backend.ranks(x, descending=True, epsilon=e, **kw),
-      "quantile": lambda x, e: backend.quantile(x, (0.0, 0.3, 0.5, 1.0),
-                                           epsilon=e, **kw),
-      "topk": lambda x, e: backend.topk(x, k, epsilon=e, **kw),
-      "topk_mask": lambda x, e: backend.topk_mask(x, k, epsilon=e, **kw),
-      "quantize": lambda x, e: backend.quantize(x, 3, epsilon=e, **kw),
-      "sort_with": lambda x, e: backend.sort_with(
-          x, jnp.stack([x, jnp.cos(x)], -1), k, epsilon=e, **kw),
-      "quantile_normalization": lambda x, e: backend.quantile_normalization(
-          x, jnp.linspace(-1.0, 2.0, 4), np.array([0.1, 0.2, 0.3, 0.4]),
-          epsilon=e, **kw),
+    "sort": lambda x, e: backend.sort(x, descending=False, epsilon=e, **kw),
+    "ranks": lambda x, e: backend.ranks(x, descending=True, epsilon=e, **kw),
+    "quantile": lambda x, e: backend.quantile(x, (0.0, 0.3, 0.5, 1.0), epsilon=e, **kw),
+    "topk": lambda x, e: backend.topk(x, k, epsilon=e, **kw),
+    "topk_mask": lambda x, e: backend.topk_mask(x, k, epsilon=e, **kw),
+    "quantize": lambda x, e: backend.quantize(x, 3, epsilon=e, **kw),
+    "sort_with": lambda x, e: backend.sort_with(x, jnp.stack([x, jnp.cos(x)], -1), k, epsilon=e, **kw),
+    "quantile_normalization": lambda x, e: backend.quantile_normalization(
+      x, jnp.linspace(-1.0, 2.0, 4), np.array([0.1, 0.2, 0.3, 0.4]), epsilon=e, **kw
+    ),
   }
   return ops if names is None else {name: ops[name] for name in names}
 
 
 def _row_losses(op):
   """``[batch]`` scalars, each with a generic dependence on its row's output."""
+
   def losses(x, eps):
     out = op(x, eps)
     per_row = out[0].size
     w = jnp.sin(1.0 + jnp.arange(per_row, dtype=out.dtype))
     return out.reshape(out.shape[0], per_row) @ w
+
   return losses
 
 
 def _values_and_grads(ops, argnums):
   """Jitted ``(x, eps) -> {op: (row losses, grads of their sum)}``."""
+
   def one(op):
     loss = _row_losses(op)
-    return jax.value_and_grad(lambda x, e: (jnp.sum(loss(x, e)), loss(x, e)),
-                              argnums=argnums, has_aux=True)
+    return jax.value_and_grad(lambda x, e: (jnp.sum(loss(x, e)), loss(x, e)), argnums=argnums, has_aux=True)
+
   def all_ops(x, eps):
     return {name: one(op)(x, eps) for name, op in ops.items()}
+
   return jax.jit(all_ops)
 
 
@@ -102,13 +104,10 @@ def test_epsilon_per_row_traced_once_and_differentiated_implicitly(x64):
   for name, ((_, values), grads) in got.items():
     for r in range(2):
       fd = (values[3 * r + 1] - values[3 * r + 2]) / (2 * h[r])
-      np.testing.assert_allclose(grads[3 * r], fd, rtol=1e-6, atol=1e-8,
-                                 err_msg=f"{name}, row {r}")
+      np.testing.assert_allclose(grads[3 * r], fd, rtol=1e-6, atol=1e-8, err_msg=f"{name}, row {r}")
       (_, v_alone), g_alone = alone[r][name]
-      np.testing.assert_allclose(values[3 * r], v_alone[3 * r], rtol=1e-12,
-                                 err_msg=f"{name}, row {r}")
-      np.testing.assert_allclose(grads[3 * r], g_alone[3 * r], rtol=1e-10,
-                                 err_msg=f"{name}, row {r}")
+      np.testing.assert_allclose(values[3 * r], v_alone[3 * r], rtol=1e-12, err_msg=f"{name}, row {r}")
+      np.testing.assert_allclose(grads[3 * r], g_alone[3 * r], rtol=1e-10, err_msg=f"{name}, row {r}")
 
 
 # ----------------------------------------------------------------------------
@@ -117,10 +116,11 @@ def test_epsilon_per_row_traced_once_and_differentiated_implicitly(x64):
 
 # Every op once, at three sizes; 20 targets is where the bug below was
 # reported.
-_UNROLL_CASES = {5: ("ranks", "quantize"),
-                 12: ("quantile", "topk_mask", "quantile_normalization",
-                      "sort_with"),
-                 20: ("sort", "topk")}
+_UNROLL_CASES = {
+  5: ("ranks", "quantize"),
+  12: ("quantile", "topk_mask", "quantile_normalization", "sort_with"),
+  20: ("sort", "topk"),
+}
 
 
 @pytest.mark.parametrize("n", sorted(_UNROLL_CASES))
@@ -140,11 +140,9 @@ def test_unrolled_gradients_are_those_of_the_unconverged_iterates(x64, n):
   for name, ((_, values), (gx, ge)) in f(x, eps).items():
     fd_x = (values[1] - values[2]) / (2 * hx)
     fd_e = (values[3] - values[4]) / (2 * he)
-    np.testing.assert_allclose(jnp.vdot(gx[0], v), fd_x, rtol=1e-6,
-                               err_msg=f"{name}: d/dx")
+    np.testing.assert_allclose(jnp.vdot(gx[0], v), fd_x, rtol=1e-6, err_msg=f"{name}: d/dx")
     # Rounding of the values (~1e-16) over 2 he: atol.
-    np.testing.assert_allclose(ge[0], fd_e, rtol=1e-6, atol=1e-8,
-                               err_msg=f"{name}: d/d epsilon")
+    np.testing.assert_allclose(ge[0], fd_e, rtol=1e-6, atol=1e-8, err_msg=f"{name}: d/d epsilon")
 
 
 # ----------------------------------------------------------------------------
@@ -160,14 +158,16 @@ def test_vmap_over_a_scalar_epsilon_matches_per_row_arrays():
   mapped = jax.jit(jax.vmap(lambda e: op(x, e)))(es)
   per_row = jax.jit(op)
   for e, out in zip(es, mapped):
-    np.testing.assert_allclose(out, per_row(x, jnp.full(2, e)), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(out, per_row(x, jnp.full(2, e)), rtol=1e-5, atol=1e-6)
   assert not np.allclose(mapped[0], mapped[2], atol=1e-3)
 
 
 def test_epsilon_of_the_wrong_shape_is_refused():
   x = jnp.zeros((2, 5))
-  with pytest.raises(ValueError, match=r"epsilon must be a scalar or "
-                     r"\[batch\] = \[2\] \(one value per row of x\); got "
-                     r"shape \(3,\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"epsilon must be a scalar or "
+    r"\[batch\] = \[2\] \(one value per row of x\); got "
+    r"shape \(3,\)",
+  ):
     Sinkhorn().sort(x, descending=False, epsilon=jnp.ones(3))

@@ -70,8 +70,10 @@ class Pav(_contract.Backend):
       platform = jax.default_backend()
       reason = _kernels.unavailable_reason("cuda" if platform == "gpu" else platform)
       if reason is not None:
-        raise ValueError(f"impl='native' asks for the native PAV kernel, which is unavailable on platform "
-                         f"{platform!r}: {reason}. Use impl='xla' (pure JAX) or impl='auto'.")
+        raise ValueError(
+          f"impl='native' asks for the native PAV kernel, which is unavailable on platform "
+          f"{platform!r}: {reason}. Use impl='xla' (pure JAX) or impl='auto'."
+        )
 
   @property
   def kl(self) -> bool:

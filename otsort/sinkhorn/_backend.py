@@ -19,9 +19,10 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -92,10 +93,14 @@ class Sinkhorn(_contract.Backend):
   #: ott-jax's entropic regularisation (absolute, on the squared distance between squashed inputs in (0, 1) and
   #: targets in [0, 1]).
   default_epsilon: ClassVar[float] = 1e-2
-  operations: ClassVar[frozenset[str]] = frozenset({"sort", "ranks", "quantile", "topk", "topk_mask", "quantize",
-                                                    "sort_with", "quantile_normalization"})
+  operations: ClassVar[frozenset[str]] = frozenset(
+    {"sort", "ranks", "quantile", "topk", "topk_mask", "quantize", "sort_with", "quantile_normalization"}
+  )
   operation_options: ClassVar[dict[str, tuple[str, ...]]] = {
-      "sort": TARGET_OPTIONS, "ranks": TARGET_OPTIONS, "sort_with": TARGET_OPTIONS}
+    "sort": TARGET_OPTIONS,
+    "ranks": TARGET_OPTIONS,
+    "sort_with": TARGET_OPTIONS,
+  }
 
   def __post_init__(self):
     if not callable(self.squashing):
@@ -103,9 +108,16 @@ class Sinkhorn(_contract.Backend):
     set_ = functools.partial(object.__setattr__, self)
     set_("threshold", _checks.check_real("threshold", self.threshold, positive=True))
     set_("min_iterations", _checks.check_int("min_iterations", self.min_iterations, low=0, high=_MAX_ITERATIONS))
-    set_("max_iterations", _checks.check_int("max_iterations", self.max_iterations,
-                                             low=max(1, self.min_iterations), high=_MAX_ITERATIONS,
-                                             where="(at least min_iterations, at least 1)"))
+    set_(
+      "max_iterations",
+      _checks.check_int(
+        "max_iterations",
+        self.max_iterations,
+        low=max(1, self.min_iterations),
+        high=_MAX_ITERATIONS,
+        where="(at least min_iterations, at least 1)",
+      ),
+    )
     _checks.check_choice("differentiation", self.differentiation, DIFFERENTIATIONS)
     _checks.check_choice("initializer", self.initializer, INITIALIZERS)
 
@@ -118,8 +130,15 @@ class Sinkhorn(_contract.Backend):
 
   # -- the row solve ---------------------------------------------------------------------------------------------
 
-  def _solve(self, x: jax.Array, epsilon: Any, measure: TargetMeasure, readout: Callable[..., jax.Array],
-             *operands: jax.Array, scale_free: bool = False) -> jax.Array:
+  def _solve(
+    self,
+    x: jax.Array,
+    epsilon: Any,
+    measure: TargetMeasure,
+    readout: Callable[..., jax.Array],
+    *operands: jax.Array,
+    scale_free: bool = False,
+  ) -> jax.Array:
     """``readout(plan of row i onto measure, x[i], *operands[i])`` for every row: ``[batch, n]`` -> ``[batch, ...]``.
 
     ``scale_free`` marks a readout positively homogeneous in ``x`` (sort-like); with the sigmoid squashing it is
@@ -127,11 +146,17 @@ class Sinkhorn(_contract.Backend):
     """
     epsilon = jnp.asarray(epsilon, x.dtype)
     if epsilon.ndim and epsilon.shape != x.shape[:1]:
-      raise ValueError(f"epsilon must be a scalar or [batch] = [{x.shape[0]}] (one value per row of x); got shape "
-                       f"{epsilon.shape}")
+      raise ValueError(
+        f"epsilon must be a scalar or [batch] = [{x.shape[0]}] (one value per row of x); got shape {epsilon.shape}"
+      )
     epsilon = jnp.broadcast_to(epsilon, x.shape[:1])
-    solver = dict(threshold=self.threshold, min_iterations=self.min_iterations, max_iterations=self.max_iterations,
-                  differentiation=self.differentiation, initializer=self.initializer)
+    solver = dict(
+      threshold=self.threshold,
+      min_iterations=self.min_iterations,
+      max_iterations=self.max_iterations,
+      differentiation=self.differentiation,
+      initializer=self.initializer,
+    )
 
     def row(xr, er, *rest):
       z = _transport.squash(xr, self.squashing)
@@ -176,8 +201,9 @@ class Sinkhorn(_contract.Backend):
     if k >= n:
       return self.sort(x, descending=True, epsilon=epsilon)
     index = tuple(range(k, 0, -1))  # the k one-input targets, largest first
-    return self._solve(x, epsilon, TargetMeasure.topk(n, k), functools.partial(_readouts.sort_at, index=index),
-                       scale_free=True)
+    return self._solve(
+      x, epsilon, TargetMeasure.topk(n, k), functools.partial(_readouts.sort_at, index=index), scale_free=True
+    )
 
   def topk_mask(self, x: jax.Array, k: int, *, epsilon: Any) -> jax.Array:
     """Soft top-k mask on two targets of mass ``1 - k/n`` and ``k/n``: ``[batch, n]`` -> ``[batch, n]``."""
@@ -192,14 +218,17 @@ class Sinkhorn(_contract.Backend):
       return x
     return self._solve(x, epsilon, TargetMeasure.uniform(num_levels), _readouts.quantize, scale_free=True)
 
-  def sort_with(self, x: jax.Array, values: jax.Array, topk: int | None = None, *, epsilon: Any,
-                target: TargetMeasure | None = None) -> jax.Array:
+  def sort_with(
+    self, x: jax.Array, values: jax.Array, topk: int | None = None, *, epsilon: Any, target: TargetMeasure | None = None
+  ) -> jax.Array:
     """``values [batch, n, *features]`` soft-sorted by ``x``: ``[batch, m, *features]`` ascending in ``x``
     (``m = n`` unless ``target``), or with ``topk = k`` the ``k`` largest, descending ``[batch, k, *features]``."""
     n = x.shape[1]
     if topk is not None and target is not None:
-      raise ValueError(f"sort_with(topk=k) builds its own target measure; the options {', '.join(TARGET_OPTIONS)} "
-                       f"only apply to sort, ranks and sort_with(topk=None); got topk = {topk} and target = {target!r}")
+      raise ValueError(
+        f"sort_with(topk=k) builds its own target measure; the options {', '.join(TARGET_OPTIONS)} "
+        f"only apply to sort, ranks and sort_with(topk=None); got topk = {topk} and target = {target!r}"
+      )
     if n <= 1 and target is None:
       return values
     flat = values.reshape(*values.shape[:2], -1)
@@ -213,8 +242,9 @@ class Sinkhorn(_contract.Backend):
     out = out.reshape(*out.shape[:2], *values.shape[2:])
     return out if topk is None else out[:, ::-1]
 
-  def quantile_normalization(self, x: jax.Array, targets: jax.Array, weights: tuple[float, ...] | None = None, *,
-                             epsilon: Any) -> jax.Array:
+  def quantile_normalization(
+    self, x: jax.Array, targets: jax.Array, weights: tuple[float, ...] | None = None, *, epsilon: Any
+  ) -> jax.Array:
     """Each row given the distribution of ``targets [m]`` (sorted; masses ``weights``, checked, or uniform),
     keeping its order: ``[batch, n]`` -> ``[batch, n]``."""
     m = targets.shape[-1]
@@ -229,8 +259,10 @@ def target_measure(target: Any = None, num_targets: Any = None, target_weights: 
     if not isinstance(target, TargetMeasure):
       raise TypeError(f"target must be an otsort.TargetMeasure or None; got target = {_checks.show(target)}")
     if num_targets is not None or target_weights is not None:
-      raise ValueError(f"give either target=TargetMeasure(...) or num_targets/target_weights, not both; got target "
-                       f"and num_targets={num_targets!r}, target_weights={_checks.show(target_weights)}")
+      raise ValueError(
+        f"give either target=TargetMeasure(...) or num_targets/target_weights, not both; got target "
+        f"and num_targets={num_targets!r}, target_weights={_checks.show(target_weights)}"
+      )
     return target
   if num_targets is not None:
     num_targets = _checks.check_int("num_targets", num_targets, low=2)

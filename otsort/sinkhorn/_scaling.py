@@ -10,7 +10,7 @@ float32 rows near 3e38 and the gradient is NaN.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

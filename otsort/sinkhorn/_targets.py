@@ -21,8 +21,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
-from typing import Sequence
 
 import numpy as np
 
@@ -67,15 +67,10 @@ class TargetMeasure:
   def __post_init__(self):
     locations = _checks.concrete_floats("locations", self.locations)
     if len(locations) < 2:
-      raise ValueError(
-          f"TargetMeasure needs at least 2 locations; got {list(locations)}"
-      )
+      raise ValueError(f"TargetMeasure needs at least 2 locations; got {list(locations)}")
     if np.any(np.diff(locations) <= 0):
-      raise ValueError(
-          f"locations must be strictly increasing; got {list(locations)}"
-      )
-    weights = _checks.check_weights("weights", self.weights,
-                                    length=len(locations))
+      raise ValueError(f"locations must be strictly increasing; got {list(locations)}")
+    weights = _checks.check_weights("weights", self.weights, length=len(locations))
     object.__setattr__(self, "locations", locations)
     object.__setattr__(self, "weights", weights)
 
@@ -85,8 +80,7 @@ class TargetMeasure:
     return len(self.locations)
 
   @classmethod
-  def uniform(cls, num_targets: int,
-              weights: Sequence[float] | None = None) -> "TargetMeasure":
+  def uniform(cls, num_targets: int, weights: Sequence[float] | None = None) -> TargetMeasure:
     """``num_targets`` equispaced locations on :math:`[0, 1]`.
 
     Args:
@@ -102,7 +96,7 @@ class TargetMeasure:
     return cls(np.linspace(0.0, 1.0, num_targets), weights)
 
   @classmethod
-  def topk(cls, num_points: int, k: int) -> "TargetMeasure":
+  def topk(cls, num_points: int, k: int) -> TargetMeasure:
     r"""``k + 1`` targets: one of mass :math:`(n-k)/n`, then ``k`` of :math:`1/n`.
 
     The first target absorbs the :math:`n - k` smallest inputs; each of the
@@ -113,12 +107,11 @@ class TargetMeasure:
       k: ``1 <= k < n``.
     """
     _check_topk(num_points, k)
-    weights = np.concatenate([[(num_points - k) / num_points],
-                              np.full(k, 1.0 / num_points)])
+    weights = np.concatenate([[(num_points - k) / num_points], np.full(k, 1.0 / num_points)])
     return cls(np.linspace(0.0, 1.0, k + 1), weights)
 
   @classmethod
-  def topk_mask(cls, num_points: int, k: int) -> "TargetMeasure":
+  def topk_mask(cls, num_points: int, k: int) -> TargetMeasure:
     r"""Two targets, of mass :math:`1 - k/n` and :math:`k/n`.
 
     Args:
@@ -129,7 +122,7 @@ class TargetMeasure:
     return cls((0.0, 1.0), (1.0 - k / num_points, k / num_points))
 
   @classmethod
-  def quantiles(cls, q: Sequence[float], num_points: int) -> "TargetMeasure":
+  def quantiles(cls, q: Sequence[float], num_points: int) -> TargetMeasure:
     """The measure used to read out the soft quantiles ``q``.
 
     See :func:`quantile_targets`; this returns only the measure.
@@ -137,9 +130,7 @@ class TargetMeasure:
     return quantile_targets(q, num_points)[0]
 
 
-def quantile_targets(
-    q: Sequence[float], num_points: int
-) -> tuple[TargetMeasure, tuple[int, ...]]:
+def quantile_targets(q: Sequence[float], num_points: int) -> tuple[TargetMeasure, tuple[int, ...]]:
   r"""Target measure for soft quantiles, and which target reads out each level.
 
   Each distinct level :math:`q_i` gets a target of small mass :math:`w`,
@@ -165,8 +156,7 @@ def quantile_targets(
     raise ValueError(f"q must lie in [0, 1]; got {list(q)}")
   levels = np.unique(np.asarray(q))
   gaps = np.diff(np.concatenate([[0.0], levels, [1.0]]))
-  w = min(0.02, 1.5 / num_points, 0.5 / len(levels),
-          0.5 * float(np.min(gaps[gaps > 0], initial=np.inf)))
+  w = min(0.02, 1.5 / num_points, 0.5 / len(levels), 0.5 * float(np.min(gaps[gaps > 0], initial=np.inf)))
   # Cumulative-mass interval [lo, lo + w] of each quantile target.
   lo = np.clip(levels - 0.5 * w, 0.0, 1.0 - w)
   edges = np.concatenate([[0.0], np.stack([lo, lo + w], 1).ravel(), [1.0]])
@@ -178,12 +168,10 @@ def quantile_targets(
   masses, is_quantile = masses[keep], is_quantile[keep]
   positions = np.flatnonzero(is_quantile)
   index = tuple(int(positions[np.searchsorted(levels, v)]) for v in q)
-  measure = TargetMeasure(np.linspace(0.0, 1.0, masses.size),
-                          masses / masses.sum())
+  measure = TargetMeasure(np.linspace(0.0, 1.0, masses.size), masses / masses.sum())
   return measure, index
 
 
 def _check_topk(num_points, k):
   num_points = _checks.check_int("num_points", num_points, low=2)
-  _checks.check_int("k", k, low=1, high=num_points - 1,
-                    where=f"with num_points = {num_points}")
+  _checks.check_int("k", k, low=1, high=num_points - 1, where=f"with num_points = {num_points}")
