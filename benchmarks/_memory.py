@@ -1,24 +1,30 @@
-"""Peak extra memory of one fwd+bwd call, measured in a fresh subprocess per case.
+"""Peak extra memory of one forward (``fwd``) or forward+backward (``fwd+bwd``) call, in a fresh process per case.
 
 XLA's CPU buffers and the native kernels' scratch are malloc'ed by C++, invisible to ``tracemalloc``; the
 kernel's own scratch is also invisible to XLA's ``memory_analysis()``. So the subprocess measures resident
-memory, with the kernel's peak isolated like this:
+memory:
 
 1. glibc is told to serve every allocation of 64 KiB or more by ``mmap`` (``MALLOC_MMAP_THRESHOLD_``, which
    also turns off the dynamic threshold) and to return freed memory at once (``MALLOC_TRIM_THRESHOLD_=0``), so
    a freed buffer leaves the resident set instead of sitting in malloc's free lists for the next call to
    reuse unseen;
-2. the inputs are allocated, the function compiled and called twice (the first call also starts XLA's
-   thread pool), the results dropped;
-3. the peak resident set (``VmHWM``) is reset to the current one by writing ``5`` to
-   ``/proc/self/clear_refs`` (Linux >= 4.0), and ``VmRSS`` read;
-4. one more call; extra = ``VmHWM - VmRSS`` before it, divided by n. It includes the output (the gradient,
-   4 bytes per element), all temporaries and the kernels' scratch, and nothing allocated before the call.
+2. the inputs ``x`` and ``w`` (one float32 row of n) are materialised and the call compiled ahead of time
+   (``jit(...).lower(...).compile()``), so neither counts;
+3. for each of three calls, the peak resident set (``VmHWM``) is reset to the current one by writing ``5`` to
+   ``/proc/self/clear_refs`` (Linux >= 4.0), ``VmRSS`` read, the call made; its extra memory is ``VmHWM`` minus
+   that ``VmRSS``. It includes the output (the values in ``fwd``, the gradient in ``fwd+bwd``: 4 bytes per
+   element), XLA's temporaries and the kernels' scratch.
+
+The figure (``bytes_per_element``) is the largest of the three, divided by n. The first call matters: the CPU
+kernel keeps its scratch in per-thread (``thread_local``) buffers that it grows on first use and keeps, so a
+later call counts it only when it lands on a thread that has not run a row of that size before (the reason a
+steady-state measurement can read 16 or 72 bytes per element for the same call). ``retained_bytes_per_element``
+is what stays resident after the first call once its result is dropped.
 
 For JAX methods the child also reports XLA's own accounting of the compiled call (``temp_size_in_bytes``,
 buffers XLA allocates besides inputs and outputs), which misses scratch that a custom call mallocs itself.
 
-Run as ``python -m benchmarks._memory --method KEY --op ranks --n N``; it prints one JSON line.
+Run as ``python -m benchmarks._memory --method KEY --op ranks --n N [--mode fwd]``; it prints one JSON line.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import pathlib
 import re
 import subprocess
 import sys
+from typing import Any, Callable
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -50,7 +57,20 @@ def _reset_peak() -> bool:
     return False
 
 
-def _child(key: str, op: str, n: int, torch_threads: int) -> dict:
+def _peak_of(call: Callable[[], Any]) -> tuple[int, int]:
+  """(peak resident memory during ``call()`` above the resident memory before it, memory still resident after it
+  once its result is dropped), in bytes."""
+  gc.collect()
+  _reset_peak()
+  before = _status_kib("VmRSS")
+  out = call()
+  peak = _status_kib("VmHWM")
+  del out
+  gc.collect()
+  return (peak - before) * 1024, (_status_kib("VmRSS") - before) * 1024
+
+
+def _child(key: str, op: str, n: int, torch_threads: int, mode: str = "fwd+bwd") -> dict:
   from benchmarks import _methods
   from benchmarks import _provenance
   from benchmarks import _runner
@@ -62,39 +82,45 @@ def _child(key: str, op: str, n: int, torch_threads: int) -> dict:
   reason = method.unavailable()
   if reason is not None:
     return {"status": f"skipped: {reason}"}
-  x, w = _runner.inputs(1, n)
-  call = method.prepare(op, "fwd+bwd", x, w)
-  for _ in range(2):
-    out = call()
-    del out
-  gc.collect()
   if not _reset_peak():
     return {"status": "fails: cannot reset the peak RSS (/proc/self/clear_refs)"}
-  before = _status_kib("VmRSS")
-  out = call()
-  peak = _status_kib("VmHWM")
-  del out
-  result = {"status": "ok", "extra_bytes": (peak - before) * 1024, "bytes_per_element": (peak - before) * 1024 / n}
-  if not isinstance(method, _methods._TorchMethod):
+  x, w = _runner.inputs(1, n)
+  result = {"status": "ok"}
+  if isinstance(method, _methods._TorchMethod):
+    call = method.prepare(op, mode, x, w)
+    first, retained = _peak_of(call)  # torch compiles nothing
+  else:
     import jax
     import jax.numpy as jnp
 
-    fn = method._row_fn(op)
-    compiled = jax.jit(jax.grad(lambda x, w: jnp.sum(w * fn(x)))).lower(jnp.asarray(x), jnp.asarray(w)).compile()
+    fn = method._row_fn(op)  # pylint: disable=protected-access
+    xd, wd = jnp.asarray(x), jnp.asarray(w)  # the inputs, materialised before anything is measured
+    if mode == "fwd":
+      compiled = jax.jit(fn).lower(xd).compile()
+      call = lambda: compiled(xd).block_until_ready()
+    else:
+      compiled = jax.jit(jax.grad(lambda x, w: jnp.sum(w * fn(x)))).lower(xd, wd).compile()
+      call = lambda: compiled(xd, wd).block_until_ready()
     analysis = compiled.memory_analysis()
     if analysis is not None:
       result["xla_temp_bytes_per_element"] = analysis.temp_size_in_bytes / n
+    first, retained = _peak_of(call)  # compiled ahead: the first execution, without the compiler
+  later = [_peak_of(call)[0] for _ in range(2)]
+  result.update({"first_bytes_per_element": first / n, "retained_bytes_per_element": retained / n,
+                 "later_bytes_per_element": [b / n for b in later], "bytes_per_element": max(first, *later) / n,
+                 "extra_bytes": max(first, *later)})
   return result
 
 
-def measure(key: str, op: str, n: int, *, torch_threads: int = 1, timeout: float = 600.0) -> dict:
-  """Runs one case in a fresh interpreter; returns its JSON answer with the case added."""
+def measure(key: str, op: str, n: int, *, torch_threads: int = 1, timeout: float = 600.0,
+            mode: str = "fwd+bwd") -> dict:
+  """Runs one case in a fresh interpreter; returns its JSON answer with the case (and ``mode``) added."""
   env = dict(os.environ, **_MALLOC_ENV)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-  case = {"method": key, "op": op, "n": n}
+  case = {"method": key, "op": op, "n": n, "mode": mode}
   try:
     done = subprocess.run([sys.executable, "-m", "benchmarks._memory", "--method", key, "--op", op, "--n", str(n),
-                           "--torch-threads", str(torch_threads)],
+                           "--torch-threads", str(torch_threads), "--mode", mode],
                           cwd=_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired:
     return {**case, "status": f"fails: timed out after {timeout:g} s"}
@@ -111,8 +137,9 @@ def main() -> None:
   parser.add_argument("--op", default="ranks")
   parser.add_argument("--n", type=int, required=True)
   parser.add_argument("--torch-threads", type=int, default=1)
+  parser.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd+bwd")
   args = parser.parse_args()
-  print(json.dumps(_child(args.method, args.op, args.n, args.torch_threads)))
+  print(json.dumps(_child(args.method, args.op, args.n, args.torch_threads, args.mode)))
 
 
 if __name__ == "__main__":
