@@ -81,11 +81,11 @@ if args.small:
   n, batch, epsilons, repeats = 32, 8, np.logspace(-3, 1, 5), 5
 else:
   n, batch, epsilons, repeats = 200, 64, np.logspace(-3, 1, 9), 20
-# Method name -> the arguments that select it in every otsort operation.
+# Method name -> its configured backend, passed as `backend=` to every otsort operation.
 METHODS = {
-  "pav-l2": dict(backend="pav", regularization="l2"),
-  "pav-kl": dict(backend="pav", regularization="kl"),
-  "sinkhorn": dict(backend="sinkhorn"),
+  "pav-l2": otsort.Pav(regularization="l2"),
+  "pav-kl": otsort.Pav(regularization="kl"),
+  "sinkhorn": otsort.Sinkhorn(),
 }
 print(f"methods: {', '.join(METHODS)}; n = {n}, batch = {batch}, {len(epsilons)} epsilons")
 
@@ -94,8 +94,8 @@ print(f"methods: {', '.join(METHODS)}; n = {n}, batch = {batch}, {len(epsilons)}
 #
 # `epsilon` is an ordinary argument of every otsort operation, so one jitted function serves the whole sweep:
 # `jax.jit(lambda x, e: otsort.ranks(x, epsilon=e))` compiles once, whatever values `e` takes. Each method's
-# three functions (soft sort, soft ranks, value and gradient of the ranks loss) are compiled once, then timed
-# at every epsilon.
+# three functions (soft sort, soft ranks, value and gradient of the ranks loss) are compiled once and serve every
+# epsilon; the last two are also timed.
 
 # %%
 rng = np.random.default_rng(0)
@@ -116,11 +116,11 @@ def median_ms(fn, *fn_args) -> float:
   return 1e3 * float(np.median(times))
 
 
-def sweep(name: str, method: dict) -> list[dict]:
+def sweep(name: str, backend: otsort.Pav | otsort.Sinkhorn) -> list[dict]:
   """One row of measurements per epsilon for one method."""
-  sort = jax.jit(lambda x, e: otsort.sort(x, epsilon=e, **method))
-  ranks = jax.jit(lambda x, e: otsort.ranks(x, epsilon=e, **method))
-  ranks_value_grad = jax.jit(jax.value_and_grad(lambda x, e: jnp.sum(w * otsort.ranks(x, epsilon=e, **method))))
+  sort = jax.jit(lambda x, e: otsort.sort(x, epsilon=e, backend=backend))
+  ranks = jax.jit(lambda x, e: otsort.ranks(x, epsilon=e, backend=backend))
+  ranks_value_grad = jax.jit(jax.value_and_grad(lambda x, e: jnp.sum(w * otsort.ranks(x, epsilon=e, backend=backend))))
   rows = []
   for epsilon in epsilons:
     e = jnp.float32(epsilon)
@@ -140,7 +140,7 @@ def sweep(name: str, method: dict) -> list[dict]:
   return rows
 
 
-results = [row for name, method in METHODS.items() for row in sweep(name, method)]
+results = [row for name, backend in METHODS.items() for row in sweep(name, backend)]
 columns = list(results[0])
 print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
 for row in results:
