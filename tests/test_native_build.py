@@ -1,7 +1,7 @@
 """The compiled PAV kernels: what the libraries export, and the CUDA kernel computing what the CPU kernel computes.
 
-The symbol checks read the built libraries with ``nm -D`` (binutils): each exports exactly its two XLA FFI
-handlers, everything else is hidden. The CUDA library is only built where CMake found a CUDA compiler; its checks
+The symbol checks read the built libraries with ``nm -D`` (binutils): each exports exactly its four XLA FFI
+handlers (two projections, two derivatives), everything else is hidden. The CUDA library is only built where CMake found a CUDA compiler; its checks
 skip when it is absent, unless ``OTSORT_EXPECT_CUDA=1`` says it must be there (for CI machines with nvcc).
 
 The GPU comparisons run only where JAX sees a CUDA GPU and import nothing GPU-specific before that, so this file
@@ -24,8 +24,9 @@ import pytest
 import otsort
 import otsort.pav
 
-_CPU_HANDLERS = {"OtsortPavScoresCpu", "OtsortPavSortCpu"}
-_CUDA_HANDLERS = {"OtsortPavScoresCuda", "OtsortPavSortCuda"}
+_HANDLERS = ("OtsortPavScores", "OtsortPavSort", "OtsortPavScoresJvp", "OtsortPavSortJvp")
+_CPU_HANDLERS = {name + "Cpu" for name in _HANDLERS}
+_CUDA_HANDLERS = {name + "Cuda" for name in _HANDLERS}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -87,13 +88,13 @@ def _cuda_library() -> pathlib.Path:
   return library
 
 
-def test_cpu_library_exports_only_its_two_ffi_handlers():
+def test_cpu_library_exports_only_its_ffi_handlers():
   library = _find_library("_pav_cpu")
   assert library is not None, f"_pav_cpu.so is always built; it is in none of {_package_folders()}"
   _check_exports(library, _CPU_HANDLERS)
 
 
-def test_cuda_library_exports_only_its_two_ffi_handlers():
+def test_cuda_library_exports_only_its_ffi_handlers():
   _check_exports(_cuda_library(), _CUDA_HANDLERS)
 
 

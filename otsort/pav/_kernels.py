@@ -3,9 +3,10 @@
 The compiled libraries are private. ``_pav_cpu`` is always built; ``_pav_cuda`` only where a CUDA compiler was
 found. They are loaded and registered with XLA on first use, so ``import otsort`` works without them.
 
-Both handlers take rows ``[..., n]`` (every leading dimension is a batch dimension) and return, besides the
-projection, the block structure of the isotonic solution: the block id of each element is the sorted position
-where its block starts. The derivatives in :mod:`otsort.pav._projections` are built from those ids.
+The two forward handlers take rows ``[..., n]`` (every leading dimension is a batch dimension) and return,
+besides the projection, the block structure of the isotonic solution: the block id of each element is the sorted
+position where its block starts. Two derivative handlers take those ids back and apply the projections' Jacobians
+(or their transposes) to a tangent, row by row; :mod:`otsort.pav._jacobians` makes them JAX primitives.
 """
 
 from __future__ import annotations
@@ -26,12 +27,17 @@ import numpy as np
 
 _SCORES_TARGET = "otsort_pav_scores"
 _SORT_TARGET = "otsort_pav_sort"
+_SCORES_JVP_TARGET = "otsort_pav_scores_jvp"
+_SORT_JVP_TARGET = "otsort_pav_sort_jvp"
+_TARGETS = (_SCORES_TARGET, _SORT_TARGET, _SCORES_JVP_TARGET, _SORT_JVP_TARGET)
 
-# platform as JAX names it -> (library, scores symbol, sort symbol, platform as XLA registers it)
+# platform as JAX names it -> (library, handler symbol suffix, platform as XLA registers it); the symbols are
+# OtsortPav{Scores,Sort,ScoresJvp,SortJvp}{suffix}, in the order of _TARGETS.
 _LIBRARIES = {
-    "cpu": ("_pav_cpu", "OtsortPavScoresCpu", "OtsortPavSortCpu", "cpu"),
-    "cuda": ("_pav_cuda", "OtsortPavScoresCuda", "OtsortPavSortCuda", "CUDA"),
+    "cpu": ("_pav_cpu", "Cpu", "cpu"),
+    "cuda": ("_pav_cuda", "Cuda", "CUDA"),
 }
+_SYMBOLS = ("OtsortPavScores", "OtsortPavSort", "OtsortPavScoresJvp", "OtsortPavSortJvp")
 
 
 def _library_path(stem: str) -> pathlib.Path | None:
@@ -52,7 +58,7 @@ def _register(platform: str) -> str | None:
   """Loads and registers the kernels for ``platform``; returns None, or why they are unavailable."""
   if platform not in _LIBRARIES:
     return f"otsort has no native PAV kernel for platform {platform!r}"
-  stem, scores_symbol, sort_symbol, xla_platform = _LIBRARIES[platform]
+  stem, suffix, xla_platform = _LIBRARIES[platform]
   path = _library_path(stem)
   if path is None:
     return f"the native PAV library {stem} was not built (reinstall otsort with a compiler for {platform})"
@@ -60,8 +66,11 @@ def _register(platform: str) -> str | None:
     library = ctypes.cdll.LoadLibrary(str(path))
   except OSError as error:
     return f"the native PAV library {path} could not be loaded: {error}"
-  for target, symbol in ((_SCORES_TARGET, scores_symbol), (_SORT_TARGET, sort_symbol)):
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform=xla_platform)
+  missing = [name + suffix for name in _SYMBOLS if not hasattr(library, name + suffix)]
+  if missing:
+    return f"the native PAV library {path} is out of date (it lacks {', '.join(missing)}): reinstall otsort"
+  for target, name in zip(_TARGETS, _SYMBOLS):
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, name + suffix)), platform=xla_platform)
   return None
 
 
@@ -131,6 +140,28 @@ def _rowwise(kernel: Callable, num_outputs: int) -> Callable:
   return batched
 
 
+def _partitioned_rows(kernel: Callable, num_args: int) -> Callable:
+  """Makes a kernel whose operands and result are all rows ``[..., n]`` partitionable: each device applies it to
+  its own rows (the derivative kernels; batching is the primitives' business, see ``_jacobians``)."""
+  partitioned = custom_partitioning(kernel)
+
+  def shardings(mesh, arg_shapes):
+    row = NamedSharding(mesh, _row_spec(arg_shapes[0].sharding, len(arg_shapes[0].shape)))
+    return (row,) * num_args, row
+
+  def partition(mesh, arg_shapes, result_shape):
+    arg_shardings, out_sharding = shardings(mesh, arg_shapes)
+    return mesh, kernel, out_sharding, arg_shardings
+
+  partitioned.def_partition(
+      partition=partition,
+      infer_sharding_from_operands=lambda mesh, arg_shapes, result_shape: shardings(mesh, arg_shapes)[1],
+      sharding_rule=", ".join(["... n"] * num_args) + " -> ... n",
+      need_replication_factors=("n",),
+  )
+  return partitioned
+
+
 @functools.cache
 def _scores_call(kl: bool, topk: int) -> Callable:
   def kernel(x, epsilon):
@@ -172,3 +203,37 @@ def sort(x: jax.Array, epsilon: jax.Array, *, kl: bool) -> tuple[jax.Array, jax.
   """P(rho / epsilon, x) for each row: (values in decreasing order, block id per input, per output)."""
   _register_available()
   return _sort_call(bool(kl))(x, epsilon)
+
+
+@functools.cache
+def _scores_jvp_call(kl: bool) -> Callable:
+  def kernel(r, block, v):
+    call = jax.ffi.ffi_call(_SCORES_JVP_TARGET, jax.ShapeDtypeStruct(v.shape, v.dtype))
+    return call(r, block, v, kl=np.bool_(kl))
+
+  return kernel, _partitioned_rows(kernel, 3)
+
+
+@functools.cache
+def _sort_jvp_call(kl: bool, transpose: bool) -> Callable:
+  def kernel(x, block_in, block_out, v):
+    call = jax.ffi.ffi_call(_SORT_JVP_TARGET, jax.ShapeDtypeStruct(v.shape, v.dtype))
+    return call(x, block_in, block_out, v, kl=np.bool_(kl), transpose=np.bool_(transpose))
+
+  return kernel, _partitioned_rows(kernel, 4)
+
+
+def scores_jvp(r: jax.Array, block: jax.Array, v: jax.Array, *, kl: bool, partitioned: bool) -> jax.Array:
+  """J v for the scores projection at its solution ``r`` with block ids ``block`` (all ``[..., n]``, input
+  order). J is symmetric, so this is also the vector-Jacobian product. ``partitioned``: with the partitioning
+  rule, for a computation over several devices."""
+  _register_available()
+  return _scores_jvp_call(bool(kl))[bool(partitioned)](r, block, v)
+
+
+def sort_jvp(x: jax.Array, block_in: jax.Array, block_out: jax.Array, v: jax.Array, *, kl: bool, transpose: bool,
+             partitioned: bool) -> jax.Array:
+  """A v (``v`` in input order, result sorted) or, with ``transpose``, A^T v (``v`` sorted, result in input
+  order), for the soft sort's Jacobian A in x at the rows ``x``."""
+  _register_available()
+  return _sort_jvp_call(bool(kl), bool(transpose))[bool(partitioned)](x, block_in, block_out, v)

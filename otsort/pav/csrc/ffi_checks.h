@@ -1,8 +1,10 @@
 // Argument checks shared by the CPU and the CUDA handlers, so both refuse the same inputs with the same words.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -34,6 +36,24 @@ inline xla::ffi::Error check_epsilon_operand(xla::ffi::AnyBuffer x, xla::ffi::An
   if (epsilon.element_type() != x.element_type() ||
       (rows != 0 && static_cast<int64_t>(epsilon.element_count()) != rows)) {
     return xla::ffi::Error::InvalidArgument("otsort pav: epsilon must hold one value per row, in x's dtype");
+  }
+  return xla::ffi::Error::Success();
+}
+
+// The derivative kernels take operands shaped like the tangent v: floats in v's dtype, block ids int32.
+inline xla::ffi::Error check_same_rows(xla::ffi::AnyBuffer v, std::initializer_list<xla::ffi::AnyBuffer> floats,
+                                       std::initializer_list<xla::ffi::AnyBuffer> ids) {
+  auto same_shape = [&](const xla::ffi::AnyBuffer& other) {
+    const auto a = v.dimensions();
+    const auto b = other.dimensions();
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+  };
+  bool ok = true;
+  for (const auto& f : floats) ok = ok && same_shape(f) && f.element_type() == v.element_type();
+  for (const auto& i : ids) ok = ok && same_shape(i) && i.element_type() == xla::ffi::S32;
+  if (!ok) {
+    return xla::ffi::Error::InvalidArgument(
+        "otsort pav: derivative operands must have the tangent's shape, in its dtype (block ids in int32)");
   }
   return xla::ffi::Error::Success();
 }

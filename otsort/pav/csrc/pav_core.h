@@ -209,6 +209,102 @@ OTSORT_HD void project_sort_row(int32_t n, const T* sorted, const int32_t* perm,
   });
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Derivatives (Blondel et al., 2020, Section 5). Within the blocks the forward pass found, the L2 projection
+// averages and the KL projection takes a softmax-weighted average; nothing crosses a block. Block ids are the
+// forward's: the sorted position where the block starts, so per-block sums live at that index of a row-sized
+// scratch array and one pass gathers them back. Sums are in double. Ids outside [0, n) (not written by a forward
+// pass) give NaN for their element instead of touching memory out of range.
+
+struct BlockSums {
+  double max;     // largest x of the block (KL sort weights)
+  double weight;  // sum of weights: |B| (L2), sum_B r (KL scores), sum_B exp(x - max) (KL sort)
+  double sum;     // sum of weight * v
+  int32_t count;  // |B|
+};
+
+OTSORT_HD bool valid_id(int32_t id, int32_t n) { return id >= 0 && id < n; }
+
+OTSORT_HD void clear_sums(int32_t n, BlockSums* sums) {
+  for (int32_t i = 0; i < n; ++i) sums[i] = {-INFINITY, 0.0, 0.0, 0};
+}
+
+// J v for P(z, w) at its solution r, one row in input order. On each pooled block J = I - 11^T / |B| (L2) or
+// diag(r) - r r^T / sum_B r (KL); on a one-element block J = 0 exactly (not v - v, which can be rounding noise),
+// and NaN where r is NaN (a row without a projection). J is symmetric, so this is also the transpose (VJP).
+template <class T>
+OTSORT_HD void scores_jvp_row(int32_t n, bool kl, const T* r, const int32_t* block, const T* v, BlockSums* sums,
+                              T* out) {
+  clear_sums(n, sums);
+  for (int32_t i = 0; i < n; ++i) {
+    if (!valid_id(block[i], n)) continue;
+    BlockSums& s = sums[block[i]];
+    const double w = kl ? static_cast<double>(r[i]) : 1.0;
+    s.weight += w;
+    s.sum += w * static_cast<double>(v[i]);
+    s.count += 1;
+  }
+  for (int32_t i = 0; i < n; ++i) {
+    if (!valid_id(block[i], n)) {
+      out[i] = static_cast<T>(NAN);
+      continue;
+    }
+    const BlockSums& s = sums[block[i]];
+    const double vi = static_cast<double>(v[i]);
+    if (s.count > 1) {
+      const double centred = vi - s.sum / s.weight;
+      out[i] = static_cast<T>(kl ? static_cast<double>(r[i]) * centred : centred);
+    } else {
+      out[i] = static_cast<T>(vi * (r[i] != r[i] ? NAN : 0.0));
+    }
+  }
+}
+
+// The soft sort's Jacobian in x, A[i, j] = w_j / sum_B w for sorted position i and input j in the same block B,
+// with w = 1 (L2) or exp(x) (KL: the sorted value is a block log-sum-exp of x plus a constant). transpose = false:
+// out = A v (v in input order, out in sorted order); true: out = A^T v (v in sorted order, out in input order).
+// `weight` is n doubles of scratch. A row with a NaN or an infinity has no projection: NaN.
+template <class T>
+OTSORT_HD void sort_jvp_row(int32_t n, bool kl, bool transpose, const T* x, const int32_t* block_in,
+                            const int32_t* block_out, const T* v, BlockSums* sums, double* weight, T* out) {
+  bool valid = true;
+  for (int32_t i = 0; i < n; ++i) {
+    valid = valid && is_finite(static_cast<double>(x[i])) && valid_id(block_in[i], n) && valid_id(block_out[i], n);
+  }
+  if (!valid) {
+    for (int32_t i = 0; i < n; ++i) out[i] = static_cast<T>(NAN);
+    return;
+  }
+  clear_sums(n, sums);
+  if (kl) {
+    for (int32_t j = 0; j < n; ++j) {
+      BlockSums& s = sums[block_in[j]];
+      s.max = fmax(s.max, static_cast<double>(x[j]));
+    }
+  }
+  for (int32_t j = 0; j < n; ++j) {
+    BlockSums& s = sums[block_in[j]];
+    weight[j] = kl ? exp(static_cast<double>(x[j]) - s.max) : 1.0;  // the shift cancels in every ratio
+    s.weight += weight[j];
+    if (!transpose) s.sum += weight[j] * static_cast<double>(v[j]);
+  }
+  if (!transpose) {
+    for (int32_t i = 0; i < n; ++i) {
+      const BlockSums& s = sums[block_out[i]];
+      out[i] = static_cast<T>(s.sum / s.weight);
+    }
+    return;
+  }
+  for (int32_t i = 0; i < n; ++i) sums[block_out[i]].sum += static_cast<double>(v[i]);
+  for (int32_t j = 0; j < n; ++j) {
+    const BlockSums& s = sums[block_in[j]];
+    out[j] = static_cast<T>(weight[j] / s.weight * s.sum);
+  }
+}
+
+// Scratch bytes per element of the derivative kernels.
+constexpr int64_t kJvpBytesPerElement = sizeof(BlockSums) + sizeof(double);
+
 // Rows are projected only with a positive, finite epsilon (the front end checks concrete values; a traced one
 // reaches the kernel as it is and its row comes out NaN).
 OTSORT_HD bool valid_epsilon(double epsilon) { return epsilon > 0 && is_finite(epsilon); }

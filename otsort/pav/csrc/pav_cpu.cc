@@ -128,6 +128,43 @@ void sort_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, const T* x, const
   });
 }
 
+// Per-thread scratch of the derivative kernels, grown on demand.
+struct JvpScratch {
+  std::vector<BlockSums> sums;
+  std::vector<double> weight;
+  void reserve(int64_t n) {
+    sums.resize(n);
+    weight.resize(n);
+  }
+  static JvpScratch& local() {
+    thread_local JvpScratch scratch;
+    return scratch;
+  }
+};
+
+template <class T>
+void scores_jvp_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, bool kl, const T* r, const int32_t* block,
+                     const T* v, T* out) {
+  parallel_rows(pool, rows, n, [&](int64_t row) {
+    const int64_t o = row * n;
+    auto& s = JvpScratch::local();
+    s.reserve(n);
+    scores_jvp_row(n, kl, r + o, block + o, v + o, s.sums.data(), out + o);
+  });
+}
+
+template <class T>
+void sort_jvp_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, bool kl, bool transpose, const T* x,
+                   const int32_t* block_in, const int32_t* block_out, const T* v, T* out) {
+  parallel_rows(pool, rows, n, [&](int64_t row) {
+    const int64_t o = row * n;
+    auto& s = JvpScratch::local();
+    s.reserve(n);
+    sort_jvp_row(n, kl, transpose, x + o, block_in + o, block_out + o, v + o, s.sums.data(), s.weight.data(),
+                 out + o);
+  });
+}
+
 ffi::Error PavScoresImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer epsilon, bool kl, int64_t topk,
                          ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::S32>> block) {
   int64_t rows = 0;
@@ -175,12 +212,57 @@ ffi::Error PavSortImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer ep
   }
 }
 
+ffi::Error PavScoresJvpImpl(ffi::ThreadPool pool, ffi::AnyBuffer r, ffi::AnyBuffer block, ffi::AnyBuffer v, bool kl,
+                            ffi::Result<ffi::AnyBuffer> out) {
+  int64_t rows = 0;
+  int32_t n = 0;
+  if (auto error = row_shape(v, &rows, &n); error.failure()) return error;
+  if (auto error = check_same_rows(v, {r}, {block}); error.failure()) return error;
+  const int32_t* b = block.typed_data<int32_t>();
+  switch (v.element_type()) {
+    case ffi::F32:
+      scores_jvp_rows<float>(pool, rows, n, kl, r.typed_data<float>(), b, v.typed_data<float>(),
+                             out->typed_data<float>());
+      return ffi::Error::Success();
+    case ffi::F64:
+      scores_jvp_rows<double>(pool, rows, n, kl, r.typed_data<double>(), b, v.typed_data<double>(),
+                              out->typed_data<double>());
+      return ffi::Error::Success();
+    default:
+      return unsupported_dtype();
+  }
+}
+
+ffi::Error PavSortJvpImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer block_in, ffi::AnyBuffer block_out,
+                          ffi::AnyBuffer v, bool kl, bool transpose, ffi::Result<ffi::AnyBuffer> out) {
+  int64_t rows = 0;
+  int32_t n = 0;
+  if (auto error = row_shape(v, &rows, &n); error.failure()) return error;
+  if (auto error = check_same_rows(v, {x}, {block_in, block_out}); error.failure()) return error;
+  const int32_t* bi = block_in.typed_data<int32_t>();
+  const int32_t* bo = block_out.typed_data<int32_t>();
+  switch (v.element_type()) {
+    case ffi::F32:
+      sort_jvp_rows<float>(pool, rows, n, kl, transpose, x.typed_data<float>(), bi, bo, v.typed_data<float>(),
+                           out->typed_data<float>());
+      return ffi::Error::Success();
+    case ffi::F64:
+      sort_jvp_rows<double>(pool, rows, n, kl, transpose, x.typed_data<double>(), bi, bo, v.typed_data<double>(),
+                            out->typed_data<double>());
+      return ffi::Error::Success();
+    default:
+      return unsupported_dtype();
+  }
+}
+
 }  // namespace
 }  // namespace otsort
 
 // The library is built with hidden visibility; only the handlers are exported.
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavScoresCpu(XLA_FFI_CallFrame*);
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavSortCpu(XLA_FFI_CallFrame*);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavScoresJvpCpu(XLA_FFI_CallFrame*);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavSortJvpCpu(XLA_FFI_CallFrame*);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavScoresCpu, otsort::PavScoresImpl,
                               ffi::Ffi::Bind()
@@ -201,3 +283,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavSortCpu, otsort::PavSortImpl,
                                   .Ret<ffi::AnyBuffer>()          // soft sort, decreasing order
                                   .Ret<ffi::Buffer<ffi::S32>>()   // block id of each input element
                                   .Ret<ffi::Buffer<ffi::S32>>());  // block id of each sorted position
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavScoresJvpCpu, otsort::PavScoresJvpImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()          // r, the projection, input order, [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // block id of each element, int32 (the forward's)
+                                  .Arg<ffi::AnyBuffer>()          // v, [..., n], r's dtype
+                                  .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
+                                  .Ret<ffi::AnyBuffer>());        // J v = J^T v
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavSortJvpCpu, otsort::PavSortJvpImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()          // x (sign applied), input order, [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // block id of each input element, int32
+                                  .Arg<ffi::AnyBuffer>()          // block id of each sorted position, int32
+                                  .Arg<ffi::AnyBuffer>()          // v: input order (A v) or sorted (A^T v)
+                                  .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
+                                  .Attr<bool>("transpose")        // A^T v instead of A v
+                                  .Ret<ffi::AnyBuffer>());        // sorted order (A v) or input order (A^T v)

@@ -14,6 +14,9 @@
 //               finite), or whose epsilon is not positive and finite, becomes NaN, with block ids 0..n-1, as on
 //               the CPU.
 // Temporary memory comes from XLA's scratch allocator (no cudaMalloc); the PAV stack reuses the sort's storage.
+//
+// The derivative handlers (J v for the scores, A v or A^T v for the sort) run the core's scores_jvp_row /
+// sort_jvp_row, one thread per row, with per-row block sums in scratch memory.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -130,6 +133,24 @@ __global__ void invalid_rows_kernel(int64_t total, int32_t n, const T* sorted, c
     out[e] = static_cast<T>(NAN);
     block_a[e] = i;
     if (block_b != nullptr) block_b[e] = i;
+  }
+}
+
+template <class T>
+__global__ void scores_jvp_kernel(int64_t rows, int32_t n, bool kl, const T* r, const int32_t* block, const T* v,
+                                  BlockSums* sums, T* out) {
+  for (int64_t row = first_index(); row < rows; row += grid_stride()) {
+    const int64_t o = row * n;
+    scores_jvp_row(n, kl, r + o, block + o, v + o, sums + o, out + o);
+  }
+}
+
+template <class T>
+__global__ void sort_jvp_kernel(int64_t rows, int32_t n, bool kl, bool transpose, const T* x, const int32_t* block_in,
+                                const int32_t* block_out, const T* v, BlockSums* sums, double* weight, T* out) {
+  for (int64_t row = first_index(); row < rows; row += grid_stride()) {
+    const int64_t o = row * n;
+    sort_jvp_row(n, kl, transpose, x + o, block_in + o, block_out + o, v + o, sums + o, weight + o, out + o);
   }
 }
 
@@ -281,6 +302,38 @@ ffi::Error sort_rows_soft(cudaStream_t stream, ffi::ScratchAllocator& scratch, i
   return launch_status("the PAV sort kernel");
 }
 
+// Scratch of the derivative kernels: block sums, then (sort only) weights, one of each per element.
+ffi::Error jvp_scratch(ffi::ScratchAllocator& scratch, int64_t total, BlockSums** sums, double** weight) {
+  const size_t sums_bytes = round_up(sizeof(BlockSums) * total);
+  void* memory = nullptr;
+  if (auto error = allocate(scratch, sums_bytes + sizeof(double) * total, &memory); error.failure()) return error;
+  *sums = static_cast<BlockSums*>(memory);
+  *weight = reinterpret_cast<double*>(static_cast<char*>(memory) + sums_bytes);
+  return ffi::Error::Success();
+}
+
+template <class T>
+ffi::Error scores_jvp_rows(cudaStream_t stream, ffi::ScratchAllocator& scratch, int64_t rows, int32_t n, bool kl,
+                           const T* r, const int32_t* block, const T* v, T* out) {
+  BlockSums* sums = nullptr;
+  double* weight = nullptr;
+  if (auto error = jvp_scratch(scratch, rows * n, &sums, &weight); error.failure()) return error;
+  scores_jvp_kernel<T><<<blocks_for(rows, kRowThreads), kRowThreads, 0, stream>>>(rows, n, kl, r, block, v, sums, out);
+  return launch_status("the PAV scores derivative kernel");
+}
+
+template <class T>
+ffi::Error sort_jvp_rows(cudaStream_t stream, ffi::ScratchAllocator& scratch, int64_t rows, int32_t n, bool kl,
+                         bool transpose, const T* x, const int32_t* block_in, const int32_t* block_out, const T* v,
+                         T* out) {
+  BlockSums* sums = nullptr;
+  double* weight = nullptr;
+  if (auto error = jvp_scratch(scratch, rows * n, &sums, &weight); error.failure()) return error;
+  sort_jvp_kernel<T><<<blocks_for(rows, kRowThreads), kRowThreads, 0, stream>>>(rows, n, kl, transpose, x, block_in,
+                                                                                 block_out, v, sums, weight, out);
+  return launch_status("the PAV sort derivative kernel");
+}
+
 ffi::Error PavScoresCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
                              ffi::AnyBuffer epsilon, bool kl, int64_t topk, ffi::Result<ffi::AnyBuffer> out,
                              ffi::Result<ffi::Buffer<ffi::S32>> block) {
@@ -330,12 +383,56 @@ ffi::Error PavSortCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, f
   }
 }
 
+ffi::Error PavScoresJvpCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer r,
+                                ffi::AnyBuffer block, ffi::AnyBuffer v, bool kl, ffi::Result<ffi::AnyBuffer> out) {
+  int64_t rows = 0;
+  int32_t n = 0;
+  if (auto error = row_shape(v, &rows, &n); error.failure()) return error;
+  if (auto error = check_same_rows(v, {r}, {block}); error.failure()) return error;
+  if (rows == 0) return ffi::Error::Success();
+  const int32_t* b = block.typed_data<int32_t>();
+  switch (v.element_type()) {
+    case ffi::F32:
+      return scores_jvp_rows<float>(stream, scratch, rows, n, kl, r.typed_data<float>(), b, v.typed_data<float>(),
+                                    out->typed_data<float>());
+    case ffi::F64:
+      return scores_jvp_rows<double>(stream, scratch, rows, n, kl, r.typed_data<double>(), b,
+                                     v.typed_data<double>(), out->typed_data<double>());
+    default:
+      return unsupported_dtype();
+  }
+}
+
+ffi::Error PavSortJvpCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
+                              ffi::AnyBuffer block_in, ffi::AnyBuffer block_out, ffi::AnyBuffer v, bool kl,
+                              bool transpose, ffi::Result<ffi::AnyBuffer> out) {
+  int64_t rows = 0;
+  int32_t n = 0;
+  if (auto error = row_shape(v, &rows, &n); error.failure()) return error;
+  if (auto error = check_same_rows(v, {x}, {block_in, block_out}); error.failure()) return error;
+  if (rows == 0) return ffi::Error::Success();
+  const int32_t* bi = block_in.typed_data<int32_t>();
+  const int32_t* bo = block_out.typed_data<int32_t>();
+  switch (v.element_type()) {
+    case ffi::F32:
+      return sort_jvp_rows<float>(stream, scratch, rows, n, kl, transpose, x.typed_data<float>(), bi, bo,
+                                  v.typed_data<float>(), out->typed_data<float>());
+    case ffi::F64:
+      return sort_jvp_rows<double>(stream, scratch, rows, n, kl, transpose, x.typed_data<double>(), bi, bo,
+                                   v.typed_data<double>(), out->typed_data<double>());
+    default:
+      return unsupported_dtype();
+  }
+}
+
 }  // namespace
 }  // namespace otsort
 
 // The library is built with hidden visibility; only the handlers are exported.
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavScoresCuda(XLA_FFI_CallFrame*);
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavSortCuda(XLA_FFI_CallFrame*);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavScoresJvpCuda(XLA_FFI_CallFrame*);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* OtsortPavSortJvpCuda(XLA_FFI_CallFrame*);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavScoresCuda, otsort::PavScoresCudaImpl,
                               ffi::Ffi::Bind()
@@ -358,3 +455,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavSortCuda, otsort::PavSortCudaImpl,
                                   .Ret<ffi::AnyBuffer>()          // soft sort, decreasing order
                                   .Ret<ffi::Buffer<ffi::S32>>()   // block id of each input element
                                   .Ret<ffi::Buffer<ffi::S32>>());  // block id of each sorted position
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavScoresJvpCuda, otsort::PavScoresJvpCudaImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()  // XLA's stream: every launch goes here
+                                  .Ctx<ffi::ScratchAllocator>()            // temporary device memory
+                                  .Arg<ffi::AnyBuffer>()          // r, the projection, input order, [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // block id of each element, int32 (the forward's)
+                                  .Arg<ffi::AnyBuffer>()          // v, [..., n], r's dtype
+                                  .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
+                                  .Ret<ffi::AnyBuffer>());        // J v = J^T v
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OtsortPavSortJvpCuda, otsort::PavSortJvpCudaImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()  // XLA's stream: every launch goes here
+                                  .Ctx<ffi::ScratchAllocator>()            // temporary device memory
+                                  .Arg<ffi::AnyBuffer>()          // x (sign applied), input order, [..., n]
+                                  .Arg<ffi::AnyBuffer>()          // block id of each input element, int32
+                                  .Arg<ffi::AnyBuffer>()          // block id of each sorted position, int32
+                                  .Arg<ffi::AnyBuffer>()          // v: input order (A v) or sorted (A^T v)
+                                  .Attr<bool>("kl")               // KL (true) or L2 (false) regularization
+                                  .Attr<bool>("transpose")        // A^T v instead of A v
+                                  .Ret<ffi::AnyBuffer>());        // sorted order (A v) or input order (A^T v)
