@@ -74,6 +74,13 @@ struct L2 {
     return pooled(p.mean_a - c.mean_a, p.mean_b - c.mean_b);
   }
 
+  // When p and *c violate the order, *c becomes their union.
+  OTSORT_HD static bool pool_if_violated(const Stats& p, Stats* c) {
+    if (!violated(p, *c)) return false;
+    *c = merge(p, *c);
+    return true;
+  }
+
   // a_i - v_B, in the sorted domain.
   OTSORT_HD static double solution(double a, const Stats& s) { return (a - s.mean_a) + s.mean_b; }
 };
@@ -123,10 +130,61 @@ struct KL {
     return pooled(lse_diff(p.a, c.a), lse_diff(p.b, c.b));
   }
 
+  OTSORT_HD static bool pool_if_violated(const Stats& p, Stats* c) {
+    if (!violated(p, *c)) return false;
+    *c = merge(p, *c);
+    return true;
+  }
+
   // a_i - v_B, the projection in the log domain.
   OTSORT_HD static double solution(double a, const Stats& s) {
     return ((a - s.a.max) - s.a.log_rest) + (s.b.max + s.b.log_rest);
   }
+};
+
+// KL for the scores projection, where the target side is a plain vector w (rho or the top-k ones) and the score
+// side a is sorted in decreasing order, so a block's largest a is its first. Blocks keep plain sums: W = sum_B w
+// and S = sum_B exp(a - a_first), so LSE_B(a) = a_first + log S and LSE_B(log w) = log W. Two blocks are compared
+// through the ratio of exp(values), S_p W_c / (S_c W_p e) against 1 with e = exp(a_first(c) - a_first(p)): one
+// exp per comparison, reused by the merge, and no log, where the generic KL takes an exp and a log1p per side and
+// merge. Within kRatioBand of a tie the values are formed with logs and compared by the common rule (pooled), so
+// ties are decided as everywhere else: the band is far wider than the ratio's rounding and than any tie tolerance
+// that can matter (|LSE_B(log w) differences| <= 2 log n, so a tie has |da| + |db| <= 4 log n).
+struct KLScores {
+  static constexpr bool kLogDomain = true;
+  static constexpr double kRatioBand = 1e-9;
+
+  struct Stats {
+    double a_first;  // the block's first (largest) a
+    double a_sum;    // sum_B exp(a - a_first), >= 1
+    double w_sum;    // sum_B w, >= 0
+  };
+
+  OTSORT_HD static Stats make(double a, double w) { return {a, 1.0, w}; }
+
+  OTSORT_HD static bool pool_if_violated(const Stats& p, Stats* c) {
+    const double e = exp(c->a_first - p.a_first);
+    const double lhs = p.a_sum * c->w_sum;      // value(p) <= value(c)  <=>  lhs <= rhs
+    const double rhs = p.w_sum * c->a_sum * e;
+    bool violated;
+    if (lhs > 0 && rhs > 0 && lhs <= DBL_MAX && rhs <= DBL_MAX && !(fabs(lhs - rhs) <= kRatioBand * rhs)) {
+      violated = lhs < rhs;
+    } else {
+      const double da = (p.a_first - c->a_first) + (log(p.a_sum) - log(c->a_sum));
+      violated = pooled(da, log(p.w_sum) - log(c->w_sum));
+    }
+    if (!violated) return false;
+    // a_first(p) >= a_first(c) in sorted order; the other case keeps the sums finite too.
+    if (e <= 1.0) {
+      *c = {p.a_first, p.a_sum + c->a_sum * e, p.w_sum + c->w_sum};
+    } else {
+      *c = {c->a_first, p.a_sum / e + c->a_sum, p.w_sum + c->w_sum};
+    }
+    return true;
+  }
+
+  // The projection itself (not its log): exp(a - LSE_B(a) + LSE_B(log w)) = exp(a - a_first) W / S.
+  OTSORT_HD static double projection(double a, const Stats& s) { return exp(a - s.a_first) * (s.w_sum / s.a_sum); }
 };
 
 // Pool Adjacent Violators on the sequences a(i), b(i), i = 0..n-1 (any callables).
@@ -140,9 +198,8 @@ OTSORT_HD int32_t pool_adjacent_violators(int32_t n, const SeqA& a, const SeqB& 
   for (int32_t i = 0; i < n; ++i) {
     typename Reg::Stats cur = Reg::make(a(i), b(i));
     int32_t cur_start = i;
-    while (m > 0 && Reg::violated(stats[m - 1], cur)) {
+    while (m > 0 && Reg::pool_if_violated(stats[m - 1], &cur)) {
       --m;
-      cur = Reg::merge(stats[m], cur);
       cur_start = start[m];
     }
     start[m] = cur_start;
@@ -180,18 +237,26 @@ struct Target {
 
 // P(x / epsilon, w): L2 gives z - v with b = w, KL gives exp(z - v) with b = log(w), z = x / epsilon scaled in
 // double, so no finite x and positive epsilon overflow. out and block are in input order.
+// KL runs as KLScores here (plain target sums); `stats` has room for it, as KLScores::Stats is no larger.
 template <class Reg, class T>
 OTSORT_HD void project_scores_row(int32_t n, const T* sorted, const int32_t* perm, double epsilon, Target w,
                                   int32_t* start, typename Reg::Stats* stats, T* out, int32_t* block) {
-  constexpr bool exp_output = Reg::kLogDomain;
   auto a = [&](int32_t i) { return static_cast<double>(sorted[i]) / epsilon; };
-  auto b = [&](int32_t i) { return exp_output ? log(w(i)) : w(i); };
-  const int32_t m = pool_adjacent_violators<Reg>(n, a, b, start, stats);
-  for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
-    const double r = Reg::solution(a(i), s);
-    out[perm[i]] = static_cast<T>(exp_output ? exp(r) : r);
-    block[perm[i]] = block_start;
-  });
+  if constexpr (Reg::kLogDomain) {
+    static_assert(sizeof(KLScores::Stats) <= sizeof(typename Reg::Stats), "the stack must hold KLScores");
+    auto* s = reinterpret_cast<KLScores::Stats*>(stats);
+    const int32_t m = pool_adjacent_violators<KLScores>(n, a, w, start, s);
+    for_each_position<KLScores>(n, m, start, s, [&](int32_t i, int32_t block_start, const KLScores::Stats& b) {
+      out[perm[i]] = static_cast<T>(KLScores::projection(a(i), b));
+      block[perm[i]] = block_start;
+    });
+  } else {
+    const int32_t m = pool_adjacent_violators<Reg>(n, a, w, start, stats);
+    for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
+      out[perm[i]] = static_cast<T>(Reg::solution(a(i), s));
+      block[perm[i]] = block_start;
+    });
+  }
 }
 
 // Soft sort, P(rho / epsilon, s) for the row s: rho / epsilon projected onto the permutahedron of s.
