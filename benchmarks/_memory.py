@@ -30,6 +30,7 @@ Run as ``python -m benchmarks._memory --method KEY --op ranks --n N [--mode fwd]
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import gc
 import json
 import os
@@ -37,7 +38,7 @@ import pathlib
 import re
 import subprocess
 import sys
-from typing import Any, Callable
+from typing import Any
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -106,22 +107,48 @@ def _child(key: str, op: str, n: int, torch_threads: int, mode: str = "fwd+bwd")
       result["xla_temp_bytes_per_element"] = analysis.temp_size_in_bytes / n
     first, retained = _peak_of(call)  # compiled ahead: the first execution, without the compiler
   later = [_peak_of(call)[0] for _ in range(2)]
-  result.update({"first_bytes_per_element": first / n, "retained_bytes_per_element": retained / n,
-                 "later_bytes_per_element": [b / n for b in later], "bytes_per_element": max(first, *later) / n,
-                 "extra_bytes": max(first, *later)})
+  result.update(
+    {
+      "first_bytes_per_element": first / n,
+      "retained_bytes_per_element": retained / n,
+      "later_bytes_per_element": [b / n for b in later],
+      "bytes_per_element": max(first, *later) / n,
+      "extra_bytes": max(first, *later),
+    }
+  )
   return result
 
 
-def measure(key: str, op: str, n: int, *, torch_threads: int = 1, timeout: float = 600.0,
-            mode: str = "fwd+bwd") -> dict:
+def measure(
+  key: str, op: str, n: int, *, torch_threads: int = 1, timeout: float = 600.0, mode: str = "fwd+bwd"
+) -> dict:
   """Runs one case in a fresh interpreter; returns its JSON answer with the case (and ``mode``) added."""
   env = dict(os.environ, **_MALLOC_ENV)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
   case = {"method": key, "op": op, "n": n, "mode": mode}
   try:
-    done = subprocess.run([sys.executable, "-m", "benchmarks._memory", "--method", key, "--op", op, "--n", str(n),
-                           "--torch-threads", str(torch_threads), "--mode", mode],
-                          cwd=_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "benchmarks._memory",
+        "--method",
+        key,
+        "--op",
+        op,
+        "--n",
+        str(n),
+        "--torch-threads",
+        str(torch_threads),
+        "--mode",
+        mode,
+      ],
+      cwd=_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+    )
   except subprocess.TimeoutExpired:
     return {**case, "status": f"fails: timed out after {timeout:g} s"}
   lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

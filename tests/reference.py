@@ -84,7 +84,7 @@ def isotonic_decreasing(s: np.ndarray, w: np.ndarray, kl: bool) -> tuple[np.ndar
     values = [value(b) for b in blocks]
     for k in range(len(blocks) - 1):
       if tied_or_increasing(values[k], values[k + 1]):
-        blocks[k:k + 2] = [blocks[k] + blocks[k + 1]]
+        blocks[k : k + 2] = [blocks[k] + blocks[k + 1]]
         merged = True
         break
   v = np.empty(len(s))
@@ -145,8 +145,9 @@ def _blocks(start: np.ndarray) -> list[np.ndarray]:
   return [np.flatnonzero(start == first) for first in np.unique(start)]
 
 
-def jacobian(op: str, x: np.ndarray, epsilon: float, kl: bool = False, descending: bool = False,
-             k: int = 0) -> np.ndarray:
+def jacobian(
+  op: str, x: np.ndarray, epsilon: float, kl: bool = False, descending: bool = False, k: int = 0
+) -> np.ndarray:
   """``d op(x) / d x`` ``[n, n]`` as the pooling rule makes it (Blondel et al., 2020, Section 5): within each block
   of the isotonic solution the L2 projection averages and the KL projection takes a softmax-weighted average.
 
@@ -207,8 +208,8 @@ def _permutahedron_constraints(w: np.ndarray):
       bounds.append(top[size - 1])
   a, ub = np.array(rows), np.array(bounds)
   return [
-      {"type": "eq", "fun": lambda mu: np.sum(mu) - top[-1], "jac": lambda mu: np.ones(n)},
-      {"type": "ineq", "fun": lambda mu: ub - a @ mu, "jac": lambda mu: -a},
+    {"type": "eq", "fun": lambda mu: np.sum(mu) - top[-1], "jac": lambda mu: np.ones(n)},
+    {"type": "ineq", "fun": lambda mu: ub - a @ mu, "jac": lambda mu: -a},
   ]
 
 
@@ -216,9 +217,14 @@ def dense_projection_l2(z: np.ndarray, w: np.ndarray) -> np.ndarray:
   """argmin_{mu in P(w)} 1/2 ||mu - z||^2 by SLSQP over all 2^n facets (n <= 6)."""
   z, w = np.asarray(z, np.float64), np.asarray(w, np.float64)
   start = np.full(len(z), np.mean(w))
-  result = optimize.minimize(lambda mu: 0.5 * np.sum((mu - z) ** 2), start, jac=lambda mu: mu - z,
-                             constraints=_permutahedron_constraints(w), method="SLSQP",
-                             options={"ftol": 1e-14, "maxiter": 500})
+  result = optimize.minimize(
+    lambda mu: 0.5 * np.sum((mu - z) ** 2),
+    start,
+    jac=lambda mu: mu - z,
+    constraints=_permutahedron_constraints(w),
+    method="SLSQP",
+    options={"ftol": 1e-14, "maxiter": 500},
+  )
   return result.x
 
 
@@ -228,9 +234,15 @@ def dense_projection_kl(z: np.ndarray, w: np.ndarray) -> np.ndarray:
   start = np.full(len(z), np.mean(w))
   objective = lambda mu: np.sum(mu * (np.log(mu) - z - 1.0))
   gradient = lambda mu: np.log(mu) - z
-  result = optimize.minimize(objective, start, jac=gradient, constraints=_permutahedron_constraints(w),
-                             bounds=[(1e-12, None)] * len(z), method="SLSQP",
-                             options={"ftol": 1e-15, "maxiter": 500})
+  result = optimize.minimize(
+    objective,
+    start,
+    jac=gradient,
+    constraints=_permutahedron_constraints(w),
+    bounds=[(1e-12, None)] * len(z),
+    method="SLSQP",
+    options={"ftol": 1e-15, "maxiter": 500},
+  )
   return result.x
 
 

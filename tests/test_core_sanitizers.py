@@ -42,19 +42,23 @@ def sanitizing_compiler(tmp_path_factory) -> str:
   source.write_text("#include <vector>\nint main() { std::vector<int> v(3, 1); return v[0] - 1; }\n")
   build = _run([compiler, *_FLAGS, str(source), "-o", str(folder / "probe")], timeout=120)
   if build.returncode != 0:
-    pytest.skip(f"{compiler} cannot build with -fsanitize=address,undefined (missing libasan/libubsan?): "
-                f"{build.stderr.strip()[-400:]}")
+    pytest.skip(
+      f"{compiler} cannot build with -fsanitize=address,undefined (missing libasan/libubsan?): "
+      f"{build.stderr.strip()[-400:]}"
+    )
   probe = _run([str(folder / "probe")], timeout=60)
   if probe.returncode != 0:
-    pytest.skip(f"sanitized programs cannot run here (a trivial one exited {probe.returncode}): "
-                f"{probe.stderr.strip()[-400:]}")
+    pytest.skip(
+      f"sanitized programs cannot run here (a trivial one exited {probe.returncode}): {probe.stderr.strip()[-400:]}"
+    )
   return compiler
 
 
 def test_core_passes_its_checks_under_address_and_undefined_behaviour_sanitizers(sanitizing_compiler, tmp_path):
   binary = tmp_path / "core_test"
-  build = _run([sanitizing_compiler, *_FLAGS, "-Wall", "-Wextra", f"-I{_CSRC}", str(_DRIVER), "-o", str(binary)],
-               timeout=300)
+  build = _run(
+    [sanitizing_compiler, *_FLAGS, "-Wall", "-Wextra", f"-I{_CSRC}", str(_DRIVER), "-o", str(binary)], timeout=300
+  )
   assert build.returncode == 0, f"building {_DRIVER.name} failed:\n{build.stderr}"
   assert "warning" not in build.stderr, f"building {_DRIVER.name} warned:\n{build.stderr}"
 

@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 
 import otsort
-
-import reference
 
 IMPLS = ("native", "xla")
 N = 8
@@ -28,12 +27,17 @@ def _face_rows() -> tuple[np.ndarray, np.ndarray]:
   """Rows that sit on faces, and one epsilon per row (all exact in binary, so the ties are exact)."""
   rng = np.random.default_rng(0)
   rows, epsilons = [], []
-  rows.append(0.5 * (rng.permutation(N) + 1.0)); epsilons.append(0.5)         # x / eps a permutation of 1..n
-  rows.append(np.array([3.0, 1, 2, 2, 5, 1, 4, 3])); epsilons.append(1.0)     # integer scores with ties
+  rows.append(0.5 * (rng.permutation(N) + 1.0))
+  epsilons.append(0.5)  # x / eps a permutation of 1..n
+  rows.append(np.array([3.0, 1, 2, 2, 5, 1, 4, 3]))
+  epsilons.append(1.0)  # integer scores with ties
   ranks = np.argsort(np.argsort(rng.normal(size=N))).astype(np.float64)
-  rows.append(0.25 * ranks); epsilons.append(0.25)                            # rescaled ranks
-  rows.append(np.full(N, 2.0)); epsilons.append(1.0)                          # all equal
-  rows.append(np.array([0.0, 2, 4, 6, 1, 3, 5, 7])); epsilons.append(2.0)     # every other step a tie
+  rows.append(0.25 * ranks)
+  epsilons.append(0.25)  # rescaled ranks
+  rows.append(np.full(N, 2.0))
+  epsilons.append(1.0)  # all equal
+  rows.append(np.array([0.0, 2, 4, 6, 1, 3, 5, 7]))
+  epsilons.append(2.0)  # every other step a tie
   return np.stack(rows), np.asarray(epsilons)
 
 
@@ -67,8 +71,9 @@ def _reference_row(op, x, epsilon, kl, descending):
 def _check_against_reference(x, epsilon, op, descending, regularization, impl, seed=1):
   kl = regularization == "kl"
   cotangent = np.random.default_rng(seed).normal(size=x.shape)
-  y, g = _value_and_vjp(op, descending, regularization, impl)(jnp.asarray(x), jnp.asarray(epsilon),
-                                                             jnp.asarray(cotangent))
+  y, g = _value_and_vjp(op, descending, regularization, impl)(
+    jnp.asarray(x), jnp.asarray(epsilon), jnp.asarray(cotangent)
+  )
   for row in range(x.shape[0]):
     expected = _reference_row(op, x[row], epsilon[row], kl, descending)
     jac = reference.jacobian(op, x[row], epsilon[row], kl=kl, descending=descending, k=_K)
@@ -122,8 +127,9 @@ def test_native_and_xla_kl_sort_gradients_agree_on_a_near_tie():
   x = jnp.asarray([[0.2, 0.4, 0.3, 0.0, 0.1]])
   grads = []
   for impl in IMPLS:
-    fn = lambda x: jnp.sum(otsort.sort(x, descending=True, epsilon=10.0, regularization="kl", impl=impl)
-                           * jnp.arange(5.0))
+    fn = lambda x: jnp.sum(
+      otsort.sort(x, descending=True, epsilon=10.0, regularization="kl", impl=impl) * jnp.arange(5.0)
+    )
     grads.append(jax.grad(fn)(x))
   np.testing.assert_allclose(grads[0], grads[1], atol=1e-5)
 
@@ -135,7 +141,9 @@ def test_native_and_xla_agree_on_rows_that_are_ties_up_to_rounding(x64, regulari
   x = 0.1 * np.stack([rng.permutation(N) + 1.0 for _ in range(4)])
   cotangent = rng.normal(size=x.shape)
   for op, descending in _CASES:
-    outs = [_value_and_vjp(op, descending, regularization, impl)(jnp.asarray(x), jnp.full(4, 0.1),
-                                                                  jnp.asarray(cotangent)) for impl in IMPLS]
+    outs = [
+      _value_and_vjp(op, descending, regularization, impl)(jnp.asarray(x), jnp.full(4, 0.1), jnp.asarray(cotangent))
+      for impl in IMPLS
+    ]
     np.testing.assert_allclose(outs[0][0], outs[1][0], atol=1e-9, err_msg=op)
     np.testing.assert_allclose(outs[0][1], outs[1][1], atol=1e-8, err_msg=op)

@@ -1,8 +1,9 @@
 """The compiled PAV kernels: what the libraries export, and the CUDA kernel computing what the CPU kernel computes.
 
 The symbol checks read the built libraries with ``nm -D`` (binutils): each exports exactly its four XLA FFI
-handlers (two projections, two derivatives), everything else is hidden. The CUDA library is only built where CMake found a CUDA compiler; its checks
-skip when it is absent, unless ``OTSORT_EXPECT_CUDA=1`` says it must be there (for CI machines with nvcc).
+handlers (two projections, two derivatives), everything else is hidden. The CUDA library is only built where
+CMake found a CUDA compiler; its checks skip when it is absent, unless ``OTSORT_EXPECT_CUDA=1`` says it must be
+there (for CI machines with nvcc).
 
 The GPU comparisons run only where JAX sees a CUDA GPU and import nothing GPU-specific before that, so this file
 collects and skips cleanly on a CPU-only machine.
@@ -70,8 +71,10 @@ def _dynamic_symbols(library: pathlib.Path, demangle: bool = False) -> list[tupl
 def _check_exports(library: pathlib.Path, handlers: set[str]) -> None:
   symbols = _dynamic_symbols(library)
   functions = {name for kind, name in symbols if kind == "T"}
-  assert functions == handlers, (f"{library.name} should export exactly the FFI handlers {sorted(handlers)} as "
-                                 f"functions; it exports {sorted(functions)}")
+  assert functions == handlers, (
+    f"{library.name} should export exactly the FFI handlers {sorted(handlers)} as "
+    f"functions; it exports {sorted(functions)}"
+  )
   # Weak instantiations of std templates keep default visibility; nothing of ours may leak.
   ours = [name for _, name in _dynamic_symbols(library, demangle=True) if "otsort" in name and name not in handlers]
   assert not ours, f"{library.name} exports internal otsort symbols: {ours}"
@@ -80,8 +83,10 @@ def _check_exports(library: pathlib.Path, handlers: set[str]) -> None:
 def _cuda_library() -> pathlib.Path:
   library = _find_library("_pav_cuda")
   if library is None:
-    reason = ("the CUDA kernel _pav_cuda.so was not built: CMake found no CUDA compiler (nvcc) at build time, "
-              "or the build ran with -DOTSORT_CUDA=OFF")
+    reason = (
+      "the CUDA kernel _pav_cuda.so was not built: CMake found no CUDA compiler (nvcc) at build time, "
+      "or the build ran with -DOTSORT_CUDA=OFF"
+    )
     if os.environ.get("OTSORT_EXPECT_CUDA") == "1":
       pytest.fail(f"OTSORT_EXPECT_CUDA=1, but {reason}")
     pytest.skip(reason)
@@ -100,8 +105,7 @@ def test_cuda_library_exports_only_its_ffi_handlers():
 
 def test_cuda_library_carries_the_cuda_runtime_inside():
   library = _cuda_library()
-  dynamic = subprocess.run([_tool("readelf"), "-d", str(library)], capture_output=True, text=True,
-                           check=True).stdout
+  dynamic = subprocess.run([_tool("readelf"), "-d", str(library)], capture_output=True, text=True, check=True).stdout
   needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic)
   assert not [name for name in needed if "cudart" in name], f"cudart should be linked statically; NEEDED: {needed}"
   leaked = [name for _, name in _dynamic_symbols(library) if name.startswith(("cuda", "__cuda"))]
@@ -115,8 +119,7 @@ def test_cuda_library_has_machine_code_for_a100_and_h100():
     cuobjdump = "/usr/local/cuda/bin/cuobjdump"
   if cuobjdump is None:
     pytest.skip("cuobjdump (CUDA toolkit) is not installed, so the embedded GPU architectures cannot be listed")
-  listing = subprocess.run([cuobjdump, "--list-elf", str(library)], capture_output=True, text=True,
-                           check=True).stdout
+  listing = subprocess.run([cuobjdump, "--list-elf", str(library)], capture_output=True, text=True, check=True).stdout
   architectures = set(re.findall(r"sm_\d+", listing))
   assert {"sm_80", "sm_90"} <= architectures, f"cubins for {sorted(architectures)}; expected sm_80 and sm_90"
 
@@ -161,6 +164,7 @@ def _rows_with_ties(seed: int, shape: tuple[int, ...], dtype) -> np.ndarray:
 def _ones(x):
   """One epsilon per row of ``x`` ``[..., n]``: the kernels' epsilon operand ``[..., 1]``."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   return jnp.ones((*x.shape[:-1], 1), x.dtype)
 
 
@@ -180,8 +184,10 @@ def _assert_same_ids(gpu_ids: np.ndarray, cpu_ids: np.ndarray, what: str) -> Non
   # Both kernels run the same core with the same double arithmetic (the CUDA build disables FMA contraction);
   # only KL's exp/log1p may differ by an ulp, which moves no block boundary on generic data.
   mismatched = np.argwhere(gpu_ids != cpu_ids)
-  assert mismatched.size == 0, (f"{what}: {len(mismatched)} block ids differ, first at {mismatched[0].tolist()}: "
-                                f"GPU {gpu_ids[tuple(mismatched[0])]}, CPU {cpu_ids[tuple(mismatched[0])]}")
+  assert mismatched.size == 0, (
+    f"{what}: {len(mismatched)} block ids differ, first at {mismatched[0].tolist()}: "
+    f"GPU {gpu_ids[tuple(mismatched[0])]}, CPU {cpu_ids[tuple(mismatched[0])]}"
+  )
 
 
 _SHAPES = [(1, 1), (3, 7), (5, 64), (2, 300), (3, 3000), (1, 20000), (1024, 33)]
@@ -222,8 +228,7 @@ def test_cuda_sort_kernel_matches_cpu_kernel(gpu, dtype, regularization, shape):
 @pytest.mark.parametrize("op", ["ranks", "sort"])
 def test_public_ops_with_native_impl_agree_on_gpu_and_cpu(gpu, dtype, regularization, op):
   x = _rows_with_ties(7, (2, 50, 3), dtype)  # leading dimensions and a non-last axis go through the front end
-  fn = jax.jit(lambda x: getattr(otsort, op)(x, axis=1, epsilon=0.5, regularization=regularization,
-                                             impl="native"))
+  fn = jax.jit(lambda x: getattr(otsort, op)(x, axis=1, epsilon=0.5, regularization=regularization, impl="native"))
   gpu_out = _on(gpu, fn, x)
   cpu_out = _on(jax.devices("cpu")[0], fn, x)
   np.testing.assert_allclose(gpu_out, cpu_out, **_tolerance(dtype))

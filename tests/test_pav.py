@@ -15,23 +15,27 @@ import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
+from jax import test_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import test_util
+import reference
 
 import otsort
 from otsort.pav import _projections
-
-import reference
 
 REGULARIZATIONS = ("l2", "kl")
 IMPLS = ("native", "xla")
 EPSILONS = (1e-3, 1e-1, 1.0, 10.0, 1e3)
 BATCH, N = 6, 9  # the shape of every compiled pure-JAX call
 
-_hypothesis = hypothesis.settings(max_examples=25, deadline=None, derandomize=True, database=None,
-                                  suppress_health_check=[hypothesis.HealthCheck.too_slow])
+_hypothesis = hypothesis.settings(
+  max_examples=25,
+  deadline=None,
+  derandomize=True,
+  database=None,
+  suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
 
 
 def rows_with_ties(seed: int, batch: int = BATCH, n: int = N, scale: float = 1.0) -> np.ndarray:
@@ -72,8 +76,11 @@ def test_reference_pav_solves_the_projection_problems(seed):
   np.testing.assert_allclose(reference.project(z, x, kl=False), reference.dense_projection_l2(z, x), atol=1e-7)
   np.testing.assert_allclose(reference.project(z, w, kl=True), reference.dense_projection_kl(z, w), atol=1e-6)
   # The KL soft sort is the log of the KL projection of exp(rho / eps) onto the permutahedron of exp(x).
-  np.testing.assert_allclose(reference.sort(x, 0.7, kl=True, descending=True),
-                             np.log(reference.dense_projection_kl(reference.rho(n) / 0.7, w)), atol=1e-6)
+  np.testing.assert_allclose(
+    reference.sort(x, 0.7, kl=True, descending=True),
+    np.log(reference.dense_projection_kl(reference.rho(n) / 0.7, w)),
+    atol=1e-6,
+  )
   for k in range(1, n):
     np.testing.assert_allclose(reference.topk_mask(z, k), reference.capped_simplex_l2(z, k), atol=1e-10)
     np.testing.assert_allclose(reference.topk_mask(z, k, kl=True), reference.capped_simplex_kl(z, k), atol=1e-10)
@@ -99,12 +106,12 @@ def test_reference_matches_hand_computed_values():
 def test_native_matches_reference_in_float64(x64, op, regularization, descending):
   for i, epsilon in enumerate(EPSILONS):
     x = rows_with_ties(i)
-    got = getattr(otsort, op)(x, epsilon=epsilon, descending=descending, regularization=regularization,
-                              impl="native")
+    got = getattr(otsort, op)(x, epsilon=epsilon, descending=descending, regularization=regularization, impl="native")
     assert got.dtype == jnp.float64
     want = reference_rows(op, x, epsilon=epsilon, kl=regularization == "kl", descending=descending)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * projection_scale(op, x, epsilon),
-                               err_msg=f"epsilon={epsilon}")
+    np.testing.assert_allclose(
+      got, want, rtol=0, atol=1e-12 * projection_scale(op, x, epsilon), err_msg=f"epsilon={epsilon}"
+    )
 
 
 @pytest.mark.parametrize("op", ["sort", "ranks"])
@@ -113,16 +120,18 @@ def test_native_matches_reference_in_float64(x64, op, regularization, descending
 def test_native_matches_reference_in_float32(op, regularization, descending):
   for i, epsilon in enumerate(EPSILONS):
     x = rows_with_ties(i).astype(np.float32)
-    got = getattr(otsort, op)(x, epsilon=epsilon, descending=descending, regularization=regularization,
-                              impl="native")
+    got = getattr(otsort, op)(x, epsilon=epsilon, descending=descending, regularization=regularization, impl="native")
     assert got.dtype == jnp.float32
     want = reference_rows(op, x, epsilon=epsilon, kl=regularization == "kl", descending=descending)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * projection_scale(op, x, epsilon),
-                               err_msg=f"epsilon={epsilon}")
+    np.testing.assert_allclose(
+      got, want, rtol=0, atol=1e-6 * projection_scale(op, x, epsilon), err_msg=f"epsilon={epsilon}"
+    )
 
 
-@pytest.mark.parametrize("op,regularization,epsilon,descending", [
-    ("sort", "l2", 1e-2, False), ("sort", "kl", 1e2, True), ("ranks", "l2", 1.0, True), ("ranks", "kl", 0.1, False)])
+@pytest.mark.parametrize(
+  "op,regularization,epsilon,descending",
+  [("sort", "l2", 1e-2, False), ("sort", "kl", 1e2, True), ("ranks", "l2", 1.0, True), ("ranks", "kl", 0.1, False)],
+)
 def test_xla_matches_reference_in_float64(x64, op, regularization, epsilon, descending):
   x = rows_with_ties(7)
   got, _ = _value_and_vjp(op, 0, regularization, "xla", epsilon, descending)(x, np.zeros_like(x))
@@ -159,16 +168,20 @@ _regularizations = st.sampled_from(REGULARIZATIONS)
 
 
 @_hypothesis
-@hypothesis.given(x=_grid_rows, perm_seed=st.integers(0, 2**31), epsilon=_epsilons,
-                  regularization=_regularizations, descending=st.booleans())
-def test_ranks_are_permutation_equivariant_and_sort_invariant(x, perm_seed, epsilon, regularization,
-                                                             descending):
+@hypothesis.given(
+  x=_grid_rows,
+  perm_seed=st.integers(0, 2**31),
+  epsilon=_epsilons,
+  regularization=_regularizations,
+  descending=st.booleans(),
+)
+def test_ranks_are_permutation_equivariant_and_sort_invariant(x, perm_seed, epsilon, regularization, descending):
   perm = np.random.default_rng(perm_seed).permutation(x.shape[-1])
   kwargs = dict(epsilon=epsilon, regularization=regularization, descending=descending)
-  np.testing.assert_allclose(otsort.ranks(x[:, perm], **kwargs), otsort.ranks(x, **kwargs)[:, perm],
-                             rtol=1e-6, atol=1e-5)
-  np.testing.assert_allclose(otsort.sort(x[:, perm], **kwargs), otsort.sort(x, **kwargs), rtol=1e-6,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    otsort.ranks(x[:, perm], **kwargs), otsort.ranks(x, **kwargs)[:, perm], rtol=1e-6, atol=1e-5
+  )
+  np.testing.assert_allclose(otsort.sort(x[:, perm], **kwargs), otsort.sort(x, **kwargs), rtol=1e-6, atol=1e-5)
 
 
 @_hypothesis
@@ -191,8 +204,11 @@ def test_l2_sort_keeps_the_row_sum_and_l2_ranks_sum_to_n_choose_2(x, epsilon, de
 
 
 @_hypothesis
-@hypothesis.given(x=hnp.arrays(np.float32, (3, 6), elements=st.floats(-4, 4, width=32)),
-                  epsilon=st.sampled_from([0.5, 1.0, 10.0]), descending=st.booleans())
+@hypothesis.given(
+  x=hnp.arrays(np.float32, (3, 6), elements=st.floats(-4, 4, width=32)),
+  epsilon=st.sampled_from([0.5, 1.0, 10.0]),
+  descending=st.booleans(),
+)
 def test_kl_ranks_stay_above_minus_one(x, epsilon, descending):
   r = np.asarray(otsort.ranks(x, epsilon=epsilon, regularization="kl", descending=descending))
   assert np.all(r > -1), r
@@ -201,8 +217,7 @@ def test_kl_ranks_stay_above_minus_one(x, epsilon, descending):
 
 @_hypothesis
 @hypothesis.given(x=_grid_rows, regularization=_regularizations, descending=st.booleans())
-def test_small_epsilon_gives_the_hard_sort_and_hard_ranks_with_mean_ranks_for_ties(x, regularization,
-                                                                                  descending):
+def test_small_epsilon_gives_the_hard_sort_and_hard_ranks_with_mean_ranks_for_ties(x, regularization, descending):
   kwargs = dict(epsilon=1e-3, regularization=regularization, descending=descending)
   hard_sort = -np.sort(-x, axis=-1) if descending else np.sort(x, axis=-1)
   np.testing.assert_allclose(otsort.sort(x, **kwargs), hard_sort, atol=1e-6)
@@ -215,16 +230,24 @@ def test_small_epsilon_gives_the_hard_sort_and_hard_ranks_with_mean_ranks_for_ti
 def test_large_epsilon_collapses_to_the_mean(x, descending):
   n, epsilon = x.shape[-1], 1e5
   mean = np.mean(x, axis=-1, keepdims=True)
-  np.testing.assert_allclose(otsort.sort(x, epsilon=epsilon, descending=descending),
-                             np.broadcast_to(mean, x.shape), atol=1e-4)
-  np.testing.assert_allclose(otsort.ranks(x, epsilon=epsilon, descending=descending),
-                             np.full(x.shape, (n - 1) / 2), atol=1e-3)
+  np.testing.assert_allclose(
+    otsort.sort(x, epsilon=epsilon, descending=descending), np.broadcast_to(mean, x.shape), atol=1e-4
+  )
+  np.testing.assert_allclose(
+    otsort.ranks(x, epsilon=epsilon, descending=descending), np.full(x.shape, (n - 1) / 2), atol=1e-3
+  )
   # KL: ranks also go to (n - 1) / 2; the sort goes to the log-mean-exp of the row.
-  np.testing.assert_allclose(otsort.ranks(x, epsilon=epsilon, regularization="kl", descending=descending),
-                             np.full(x.shape, (n - 1) / 2), atol=1e-3)
+  np.testing.assert_allclose(
+    otsort.ranks(x, epsilon=epsilon, regularization="kl", descending=descending),
+    np.full(x.shape, (n - 1) / 2),
+    atol=1e-3,
+  )
   log_mean_exp = np.log(np.mean(np.exp(x.astype(np.float64) * (1 if descending else -1)), -1, keepdims=True))
-  np.testing.assert_allclose(otsort.sort(x, epsilon=epsilon, regularization="kl", descending=descending),
-                             np.broadcast_to(log_mean_exp * (1 if descending else -1), x.shape), atol=1e-4)
+  np.testing.assert_allclose(
+    otsort.sort(x, epsilon=epsilon, regularization="kl", descending=descending),
+    np.broadcast_to(log_mean_exp * (1 if descending else -1), x.shape),
+    atol=1e-4,
+  )
 
 
 # --- Native kernel against the pure-JAX twin ---------------------------------------------------------------
@@ -242,8 +265,7 @@ def _make_op(op: str, k: int, regularization: str, impl: str, epsilon: float = 0
 
 
 @functools.cache
-def _value_and_vjp(op: str, k: int, regularization: str, impl: str, epsilon: float = 0.5,
-                   descending: bool = False):
+def _value_and_vjp(op: str, k: int, regularization: str, impl: str, epsilon: float = 0.5, descending: bool = False):
   """``(x, cotangent) -> (op(x), vjp of op at x applied to cotangent)``: compiled once per configuration for
   the pure-JAX solver, eager for the native kernel (cheaper than compiling)."""
   fn = _make_op(op, k, regularization, impl, epsilon, descending)
@@ -288,8 +310,9 @@ _DISTINCT = np.array([[0.3, -1.2, 0.9, 0.1, -0.4], [1.0, 0.2, -0.5, 0.7, -1.1]])
 # Epsilons (and a scale for the top-k scores) at which the rows of _DISTINCT pool into blocks of mixed sizes, so
 # that the derivatives checked are neither those of a permutation nor of one global average.
 _POOLING_EPSILON = {("sort", "l2"): 1.5, ("sort", "kl"): 1.5, ("ranks", "l2"): 0.5, ("ranks", "kl"): 1.0}
-_DERIVATIVE_CONFIGS = [(op, k, regularization) for op, k in [("sort", 0), ("ranks", 0), ("topk", 2)]
-                       for regularization in REGULARIZATIONS]
+_DERIVATIVE_CONFIGS = [
+  (op, k, regularization) for op, k in [("sort", 0), ("ranks", 0), ("topk", 2)] for regularization in REGULARIZATIONS
+]
 
 
 def _derivative_op(op: str, k: int, regularization: str, impl: str):
@@ -326,9 +349,13 @@ def test_xla_second_derivatives_equal_the_native_ones_for_all_operations(x64):
   def hessians(impl):
     def all_six(x):
       weights = jnp.arange(1.0, x.shape[-1] + 1)
-      losses = [lambda v, fn=_derivative_op(op, k, reg, impl): jnp.sum(weights * fn(v[None])[0])
-                for op, k, reg in _DERIVATIVE_CONFIGS]
+
+      def loss(fn):
+        return lambda v: jnp.sum(weights * fn(v[None])[0])
+
+      losses = [loss(_derivative_op(op, k, reg, impl)) for op, k, reg in _DERIVATIVE_CONFIGS]
       return [jax.vmap(jax.hessian(loss))(x) for loss in losses]
+
     return jax.jit(all_six)(jnp.asarray(_DISTINCT))
 
   for config, native, xla in zip(_DERIVATIVE_CONFIGS, hessians("native"), hessians("xla")):

@@ -80,8 +80,7 @@ def test_native_sort_jacobian_and_its_transpose_equal_the_segment_formulas(x64, 
     np.testing.assert_allclose(native[finite], want[finite], rtol=1e-12, atol=1e-12)
     results[transpose] = np.asarray(native)
   # <c, A v> = <A^T c, v>
-  np.testing.assert_allclose(np.sum(c * results[False], -1)[finite], np.sum(results[True] * v, -1)[finite],
-                             rtol=1e-12)
+  np.testing.assert_allclose(np.sum(c * results[False], -1)[finite], np.sum(results[True] * v, -1)[finite], rtol=1e-12)
 
 
 @pytest.mark.parametrize("op", ["ranks", "sort", "topk_mask"])
@@ -119,8 +118,10 @@ def test_native_derivatives_compose_with_vmap_jacfwd_and_jacrev(x64):
   x = jnp.asarray(_rows_with_ties(7, batch=2, n=6))
   for regularization in REGULARIZATIONS:
     for op in ("ranks", "sort"):
-      fns = {impl: (lambda v, impl=impl: getattr(otsort, op)(v, epsilon=0.8, regularization=regularization,
-                                                                  impl=impl)) for impl in ("native", "xla")}
+      fns = {
+        impl: (lambda v, impl=impl: getattr(otsort, op)(v, epsilon=0.8, regularization=regularization, impl=impl))
+        for impl in ("native", "xla")
+      }
       # One compiled program per configuration: eager transforms compile every small op on its own.
       both = jax.jit(lambda x, fns=fns: [jax.vmap(t(f))(x) for t in (jax.jacfwd, jax.jacrev) for f in fns.values()])
       fwd_native, fwd_xla, rev_native, rev_xla = both(x)

@@ -53,9 +53,9 @@ _SCRIPT = textwrap.dedent("""
 
 
 _CONFIGS = [
-    (backend, options, mode)
-    for backend, options in [("pav", {}), ("pav", {"regularization": "kl", "impl": "xla"}), ("sinkhorn", {})]
-    for mode in ("Auto", "Explicit")
+  (backend, options, mode)
+  for backend, options in [("pav", {}), ("pav", {"regularization": "kl", "impl": "xla"}), ("sinkhorn", {})]
+  for mode in ("Auto", "Explicit")
 ]
 
 
@@ -63,8 +63,14 @@ _CONFIGS = [
 def reports() -> dict:
   # One subprocess for every configuration: JAX starts once.
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(_CONFIGS)],
-                          capture_output=True, text=True, env=env, cwd=_ROOT, timeout=900)
+  result = subprocess.run(
+    [sys.executable, "-c", _SCRIPT, json.dumps(_CONFIGS)],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=_ROOT,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return dict(zip(map(repr, _CONFIGS), json.loads(result.stdout.strip().splitlines()[-1])))
 

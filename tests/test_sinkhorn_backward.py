@@ -9,13 +9,13 @@ is exercised on small problems by lowering that constant.
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import pytest
 from jax.test_util import check_grads
+import numpy as np
 from ott.geometry import pointcloud
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import implicit_differentiation as ott_implicit
 from ott.solvers.linear import sinkhorn as ott_sinkhorn
+import pytest
 
 import otsort
 from otsort.sinkhorn import _transport
@@ -41,16 +41,25 @@ def _ott_plan(z, y, b, epsilon):
   a = jnp.full(z.shape, 1.0 / z.shape[0])
   problem = linear_problem.LinearProblem(geom, a=a, b=b)
   out = ott_sinkhorn.Sinkhorn(
-      threshold=1e-12, max_iterations=200_000,
-      implicit_diff=_DenseImplicitDiff(precondition_fun=lambda x: x, symmetric=True))(problem)
+    threshold=1e-12,
+    max_iterations=200_000,
+    implicit_diff=_DenseImplicitDiff(precondition_fun=lambda x: x, symmetric=True),
+  )(problem)
   return geom.transport_from_potentials(out.f, out.g)
 
 
 def _our_plan(z, y, b, epsilon):
   return _transport.transport(
-      z, tuple(np.asarray(y).tolist()), tuple(np.asarray(b).tolist()), epsilon=epsilon,
-      threshold=1e-12, min_iterations=0, max_iterations=200_000, differentiation="implicit",
-      initializer="monotone").plan
+    z,
+    tuple(np.asarray(y).tolist()),
+    tuple(np.asarray(b).tolist()),
+    epsilon=epsilon,
+    threshold=1e-12,
+    min_iterations=0,
+    max_iterations=200_000,
+    differentiation="implicit",
+    initializer="monotone",
+  ).plan
 
 
 def _problem(n, m, seed):
@@ -103,8 +112,11 @@ def test_float32_gradients_are_finite_on_hard_rows(monkeypatch, solve):
 
   def loss(x, eps):
     kw["epsilon"] = eps
-    return (jnp.sum(w * otsort.ranks(x, **kw)) + jnp.sum(w * otsort.sort(x, **kw))
-            + jnp.sum(otsort.quantile(x, (0.2, 0.5), **kw)))
+    return (
+      jnp.sum(w * otsort.ranks(x, **kw))
+      + jnp.sum(w * otsort.sort(x, **kw))
+      + jnp.sum(otsort.quantile(x, (0.2, 0.5), **kw))
+    )
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
   for eps in (1e-1, 1e-2, 1e-4, 1e-6):
@@ -126,7 +138,7 @@ def test_per_row_traced_epsilon_under_vmap_matches_rows_alone():
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
   gx, ge = grad(x, eps, w)
   for i in range(3):
-    gxi, gei = grad(x[i:i + 1], eps[i:i + 1], w[i:i + 1])
+    gxi, gei = grad(x[i : i + 1], eps[i : i + 1], w[i : i + 1])
     # A batched CG iterates on converged rows until the slowest converges.
     np.testing.assert_allclose(gx[i], gxi[0], rtol=1e-3, atol=1e-3 * float(jnp.abs(gxi).max()))
     np.testing.assert_allclose(ge[i], gei[0], rtol=1e-3)

@@ -25,12 +25,12 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax.extend import core
 from jax.interpreters import ad
 from jax.interpreters import batching
 from jax.interpreters import mlir
 from jax.interpreters import xla
+import jax.numpy as jnp
 
 from otsort.pav import _kernels
 
@@ -68,8 +68,7 @@ def gather(per_block: jax.Array, block: jax.Array) -> jax.Array:
   return jnp.take_along_axis(per_block, block, axis=1)
 
 
-def block_weighted_mean(values: jax.Array, weights: jax.Array, block_in: jax.Array,
-                        block_out: jax.Array) -> jax.Array:
+def block_weighted_mean(values: jax.Array, weights: jax.Array, block_in: jax.Array, block_out: jax.Array) -> jax.Array:
   """sum_{j in B} w_j v_j / sum_{j in B} w_j for the block B of each output position (linear in values).
 
   The weights are normalized first: a one-element block then has weight w / w = 1 exactly, so the projection's
@@ -104,8 +103,9 @@ def scores_jvp_xla(r: jax.Array, block: jax.Array, v: jax.Array, *, kl: bool) ->
 
 
 @_rows
-def sort_jvp_xla(x: jax.Array, block_in: jax.Array, block_out: jax.Array, v: jax.Array, *, kl: bool,
-                 transpose: bool) -> jax.Array:
+def sort_jvp_xla(
+  x: jax.Array, block_in: jax.Array, block_out: jax.Array, v: jax.Array, *, kl: bool, transpose: bool
+) -> jax.Array:
   """A v (input order to sorted) or A^T v (sorted to input order) for the soft sort, in segment ops."""
   weights = block_weights(x, block_in, kl)
   if not transpose:
@@ -141,8 +141,7 @@ def _define(name: str, native, formula, linear_index: int) -> core.Primitive:
   def batch(args, dims, **params):
     # Rows are independent: the mapped axis becomes one more leading dimension; unmapped operands are broadcast.
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    args = [jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
-            for a, d in zip(args, dims)]
+    args = [jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
     return primitive.bind(*args, **params), 0
 
   batching.primitive_batchers[primitive] = batch
@@ -212,8 +211,9 @@ def scores_jvp(r: jax.Array, block: jax.Array, v: jax.Array, *, kl: bool, impl: 
   return scores_jvp_p.bind(r, block, v, kl=bool(kl))
 
 
-def sort_jvp(x: jax.Array, block_in: jax.Array, block_out: jax.Array, v: jax.Array, *, kl: bool,
-             impl: str) -> jax.Array:
+def sort_jvp(
+  x: jax.Array, block_in: jax.Array, block_out: jax.Array, v: jax.Array, *, kl: bool, impl: str
+) -> jax.Array:
   """A v for the soft sort P(rho / epsilon, x) in x: ``v`` in input order, the result in sorted order."""
   if impl == "xla":
     return sort_jvp_xla(x, block_in, block_out, v, kl=kl, transpose=False)

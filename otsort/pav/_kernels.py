@@ -11,12 +11,11 @@ position where its block starts. Two derivative handlers take those ids back and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import ctypes
 import functools
 import importlib.util
 import pathlib
-
-from typing import Callable
 
 import jax
 from jax.experimental.custom_partitioning import custom_partitioning
@@ -34,8 +33,8 @@ _TARGETS = (_SCORES_TARGET, _SORT_TARGET, _SCORES_JVP_TARGET, _SORT_JVP_TARGET)
 # platform as JAX names it -> (library, handler symbol suffix, platform as XLA registers it); the symbols are
 # OtsortPav{Scores,Sort,ScoresJvp,SortJvp}{suffix}, in the order of _TARGETS.
 _LIBRARIES = {
-    "cpu": ("_pav_cpu", "Cpu", "cpu"),
-    "cuda": ("_pav_cuda", "Cuda", "CUDA"),
+  "cpu": ("_pav_cpu", "Cpu", "cpu"),
+  "cuda": ("_pav_cuda", "Cuda", "CUDA"),
 }
 _SYMBOLS = ("OtsortPavScores", "OtsortPavSort", "OtsortPavScoresJvp", "OtsortPavSortJvp")
 
@@ -97,7 +96,7 @@ def _register_available() -> None:
 def _row_spec(sharding, ndim: int) -> PartitionSpec:
   """The input's partitioning of the leading dimensions, with the row dimension whole."""
   spec = tuple(getattr(sharding, "spec", ())) + (None,) * ndim
-  return PartitionSpec(*spec[:ndim - 1], None)
+  return PartitionSpec(*spec[: ndim - 1], None)
 
 
 def _rowwise(kernel: Callable, num_outputs: int) -> Callable:
@@ -123,18 +122,19 @@ def _rowwise(kernel: Callable, num_outputs: int) -> Callable:
     return mesh, kernel, out_shardings, arg_shardings
 
   partitioned.def_partition(
-      partition=partition,
-      infer_sharding_from_operands=infer,
-      sharding_rule="... n, ... o -> " + ", ".join(["... n"] * num_outputs),
-      need_replication_factors=("n", "o"),
+    partition=partition,
+    infer_sharding_from_operands=infer,
+    sharding_rule="... n, ... o -> " + ", ".join(["... n"] * num_outputs),
+    need_replication_factors=("n", "o"),
   )
   batched = jax.custom_batching.custom_vmap(partitioned)
 
   @batched.def_vmap
   def _vmap_rule(axis_size, in_batched, x, epsilon):
     # The mapped axis is just another leading dimension; an unmapped operand is broadcast along it.
-    x, epsilon = (a if mapped else jnp.broadcast_to(a, (axis_size, *a.shape))
-                  for a, mapped in zip((x, epsilon), in_batched))
+    x, epsilon = (
+      a if mapped else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, mapped in zip((x, epsilon), in_batched)
+    )
     return batched(x, epsilon), (True,) * num_outputs
 
   return batched
@@ -154,10 +154,10 @@ def _partitioned_rows(kernel: Callable, num_args: int) -> Callable:
     return mesh, kernel, out_sharding, arg_shardings
 
   partitioned.def_partition(
-      partition=partition,
-      infer_sharding_from_operands=lambda mesh, arg_shapes, result_shape: shardings(mesh, arg_shapes)[1],
-      sharding_rule=", ".join(["... n"] * num_args) + " -> ... n",
-      need_replication_factors=("n",),
+    partition=partition,
+    infer_sharding_from_operands=lambda mesh, arg_shapes, result_shape: shardings(mesh, arg_shapes)[1],
+    sharding_rule=", ".join(["... n"] * num_args) + " -> ... n",
+    need_replication_factors=("n",),
   )
   return partitioned
 
@@ -166,9 +166,9 @@ def _partitioned_rows(kernel: Callable, num_args: int) -> Callable:
 def _scores_call(kl: bool, topk: int) -> Callable:
   def kernel(x, epsilon):
     call = jax.ffi.ffi_call(
-        _SCORES_TARGET,
-        (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape, jnp.int32)),
-        vmap_method="broadcast_all",
+      _SCORES_TARGET,
+      (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape, jnp.int32)),
+      vmap_method="broadcast_all",
     )
     return call(x, epsilon, kl=np.bool_(kl), topk=np.int64(topk))
 
@@ -180,9 +180,9 @@ def _sort_call(kl: bool) -> Callable:
   def kernel(x, epsilon):
     ids = jax.ShapeDtypeStruct(x.shape, jnp.int32)
     call = jax.ffi.ffi_call(
-        _SORT_TARGET,
-        (jax.ShapeDtypeStruct(x.shape, x.dtype), ids, ids),
-        vmap_method="broadcast_all",
+      _SORT_TARGET,
+      (jax.ShapeDtypeStruct(x.shape, x.dtype), ids, ids),
+      vmap_method="broadcast_all",
     )
     return call(x, epsilon, kl=np.bool_(kl))
 
@@ -231,8 +231,9 @@ def scores_jvp(r: jax.Array, block: jax.Array, v: jax.Array, *, kl: bool, partit
   return _scores_jvp_call(bool(kl))[bool(partitioned)](r, block, v)
 
 
-def sort_jvp(x: jax.Array, block_in: jax.Array, block_out: jax.Array, v: jax.Array, *, kl: bool, transpose: bool,
-             partitioned: bool) -> jax.Array:
+def sort_jvp(
+  x: jax.Array, block_in: jax.Array, block_out: jax.Array, v: jax.Array, *, kl: bool, transpose: bool, partitioned: bool
+) -> jax.Array:
   """A v (``v`` in input order, result sorted) or, with ``transpose``, A^T v (``v`` sorted, result in input
   order), for the soft sort's Jacobian A in x at the rows ``x``."""
   _register_available()

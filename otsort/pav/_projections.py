@@ -15,9 +15,9 @@ from __future__ import annotations
 import functools
 
 import jax
+from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
 
 from otsort.pav import _isotonic_xla
 from otsort.pav import _jacobians

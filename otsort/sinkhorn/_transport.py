@@ -96,8 +96,9 @@ it the solver's :math:`\varepsilon \log u` overflows to NaN).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -212,7 +213,7 @@ def monotone_dual_potentials(z, a, y, b):
   z_star = 0.5 * (z_sorted[lo] + z_sorted[hi])
   step = (y[1:] - y[:-1]) * (y[1:] + y[:-1] - 2.0 * z_star)
   g = jnp.concatenate([jnp.zeros((1,), z.dtype), jnp.cumsum(step)])
-  f = jnp.min((z[:, None] - y[None, :])**2 - g[None, :], axis=1)
+  f = jnp.min((z[:, None] - y[None, :]) ** 2 - g[None, :], axis=1)
   return f, g
 
 
@@ -245,8 +246,7 @@ class _Solver(NamedTuple):
   initializer: str
 
 
-def _solve(solver: _Solver, z: jax.Array, epsilon: jax.Array,
-           differentiate_start: bool) -> tuple[jax.Array, jax.Array]:
+def _solve(solver: _Solver, z: jax.Array, epsilon: jax.Array, differentiate_start: bool) -> tuple[jax.Array, jax.Array]:
   """Runs ott-jax's Sinkhorn; returns the ``[n, m]`` plan and ``converged``."""
   n = z.shape[0]
   dtype = z.dtype
@@ -261,35 +261,32 @@ def _solve(solver: _Solver, z: jax.Array, epsilon: jax.Array,
     if not differentiate_start:
       duals_of = jax.lax.stop_gradient(duals_of)
     f0, g0 = monotone_dual_potentials(*duals_of)
-    reduced = (z[:, None] - y[None, :])**2 - f0[:, None] - g0[None, :]
-    geom = _ReducedKernelGeometry(kernel_matrix=jnp.exp(-reduced / epsilon),
-                                  epsilon=epsilon)
+    reduced = (z[:, None] - y[None, :]) ** 2 - f0[:, None] - g0[None, :]
+    geom = _ReducedKernelGeometry(kernel_matrix=jnp.exp(-reduced / epsilon), epsilon=epsilon)
     lse_mode = False
   else:
     geom = pointcloud.PointCloud(z[:, None], y[:, None], epsilon=epsilon)
     lse_mode = True
   problem = linear_problem.LinearProblem(geom, a=a, b=b)
   out = ott_sinkhorn.Sinkhorn(
-      lse_mode=lse_mode,
-      threshold=solver.threshold,
-      min_iterations=solver.min_iterations,
-      max_iterations=solver.max_iterations,
-      # Unrolled: differentiate the iterations. Implicit: never differentiated
-      # here (the plan's custom_vjp), so no ott-jax implicit machinery either.
-      implicit_diff=None,
-      initializer=ott_init.DefaultInitializer(),
+    lse_mode=lse_mode,
+    threshold=solver.threshold,
+    min_iterations=solver.min_iterations,
+    max_iterations=solver.max_iterations,
+    # Unrolled: differentiate the iterations. Implicit: never differentiated
+    # here (the plan's custom_vjp), so no ott-jax implicit machinery either.
+    implicit_diff=None,
+    initializer=ott_init.DefaultInitializer(),
   )(problem)
   if lse_mode:
     plan = geom.transport_from_potentials(out.f, out.g)
   else:
-    plan = geom.transport_from_scalings(geom.scaling_from_potential(out.f),
-                                        geom.scaling_from_potential(out.g))
+    plan = geom.transport_from_scalings(geom.scaling_from_potential(out.f), geom.scaling_from_potential(out.g))
   return plan, out.converged
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _implicit_plan(solver: _Solver, z: jax.Array,
-                   epsilon: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _implicit_plan(solver: _Solver, z: jax.Array, epsilon: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The converged plan, differentiated by the implicit function theorem."""
   return _solve(solver, z, epsilon, differentiate_start=False)
 
@@ -336,8 +333,7 @@ def _implicit_plan_bwd(solver, residuals, cotangents):
   # Reductions of products of [n, m] arrays are written as einsums: XLA's CPU
   # backend turns jnp.sum(a * broadcast(v), axis) into fused loops that ran
   # 20 to 100 times slower than the equivalent dot_general at n = m = 1000.
-  lam, mu = _adjoint_solve(plan, jnp.einsum("ij,ij->i", plan_bar, plan),
-                           jnp.einsum("ij,ij->j", plan_bar, plan), z)
+  lam, mu = _adjoint_solve(plan, jnp.einsum("ij,ij->i", plan_bar, plan), jnp.einsum("ij,ij->j", plan_bar, plan), z)
   # The barrier keeps XLA from sharing the broadcasts of z, y and epsilon
   # with the forward's cost, which it then writes out as [n, m] arrays.
   z, y, epsilon = jax.lax.optimization_barrier((z, y, epsilon))
@@ -351,8 +347,7 @@ def _implicit_plan_bwd(solver, residuals, cotangents):
 _implicit_plan.defvjp(_implicit_plan_fwd, _implicit_plan_bwd)
 
 
-def _adjoint_solve(plan: jax.Array, hf: jax.Array, hg: jax.Array,
-                   z: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _adjoint_solve(plan: jax.Array, hf: jax.Array, hg: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array]:
   r"""Solves :math:`\begin{pmatrix} D_r & P \\ P^\top & D_c\end{pmatrix}
   \begin{pmatrix}\lambda\\ \mu\end{pmatrix} = \begin{pmatrix} h_f\\ h_g
   \end{pmatrix}`, :math:`\mathbf{1}^\top h_f = \mathbf{1}^\top h_g`.
@@ -414,9 +409,9 @@ def _adjoint_solve(plan: jax.Array, hf: jax.Array, hg: jax.Array,
       return c * v - ((plan @ v) / r) @ plan + rho * jnp.sum(v) + ridge * v
 
     precondition = _path_preconditioner(plan, r, c, rho, ridge, order)
-    mu, _ = jax.scipy.sparse.linalg.cg(schur_apply, rhs, M=precondition,
-                                       tol=_CG_TOL[np.dtype(plan.dtype)],
-                                       maxiter=_CG_MAX_ITERATIONS)
+    mu, _ = jax.scipy.sparse.linalg.cg(
+      schur_apply, rhs, M=precondition, tol=_CG_TOL[np.dtype(plan.dtype)], maxiter=_CG_MAX_ITERATIONS
+    )
   lam = (hf - plan @ mu) / r
   if transposed:
     lam, mu = mu, lam
@@ -497,16 +492,16 @@ class Transport(NamedTuple):
 
 
 def transport(
-    z: jax.Array,
-    locations: tuple[float, ...],
-    weights: tuple[float, ...],
-    *,
-    epsilon: ArrayLike,
-    threshold: float,
-    min_iterations: int,
-    max_iterations: int,
-    differentiation: str,
-    initializer: str,
+  z: jax.Array,
+  locations: tuple[float, ...],
+  weights: tuple[float, ...],
+  *,
+  epsilon: ArrayLike,
+  threshold: float,
+  min_iterations: int,
+  max_iterations: int,
+  differentiation: str,
+  initializer: str,
 ) -> Transport:
   """Solves entropic OT from ``z`` (uniform mass) to the target measure.
 
@@ -533,13 +528,10 @@ def transport(
   # solver's epsilon * log(scaling) overflows (NaN at epsilon = 3e38 in
   # float32), so the larger epsilons are computed as that one; the
   # derivative with respect to epsilon, below 1 / epsilon^2, is 0 there.
-  epsilon = jnp.minimum(jnp.asarray(epsilon, dtype=dtype),
-                        float(np.sqrt(np.finfo(dtype).max)))
-  solver = _Solver(tuple(locations), tuple(weights), threshold, min_iterations,
-                   max_iterations, initializer)
+  epsilon = jnp.minimum(jnp.asarray(epsilon, dtype=dtype), float(np.sqrt(np.finfo(dtype).max)))
+  solver = _Solver(tuple(locations), tuple(weights), threshold, min_iterations, max_iterations, initializer)
   if differentiation == "implicit":
     plan, converged = _implicit_plan(solver, z, epsilon)
   else:
     plan, converged = _solve(solver, z, epsilon, differentiate_start=True)
-  return Transport(plan, jnp.sum(plan, axis=1), jnp.sum(plan, axis=0),
-                   converged)
+  return Transport(plan, jnp.sum(plan, axis=1), jnp.sum(plan, axis=0), converged)
