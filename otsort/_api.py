@@ -484,9 +484,9 @@ def quantile_normalization(
   Args:
     x: input array ``[..., n, ...]``.
     targets: ``[m]`` real values, ``m >= 2``, finite and sorted increasingly (non-decreasing), that the rows are
-      mapped onto. A concrete ``targets`` is checked; a traced one (under ``jit`` or ``grad`` with respect to
-      it) can only be checked for its shape: unsorted or non-finite traced targets give a result that does not
-      keep the order of the rows, or NaN.
+      mapped onto. A concrete ``targets`` (a list or a NumPy array, also inside ``jit``) is checked; a traced
+      one (an argument of ``jit`` or ``grad``) can only be checked for its shape: unsorted or non-finite traced
+      targets give a result that does not keep the order of the rows, or NaN.
     weights: ``None`` (uniform) or ``[m]`` positive, finite weights summing to 1 (concrete values).
     axis: the axis to normalize along.
     epsilon: entropic regularization, > 0; ``None`` for the default 1e-2.

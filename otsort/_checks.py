@@ -264,14 +264,16 @@ def check_weights(name: str, weights: Any, *, length: int | None = None) -> tupl
 def check_sorted_values(name: str, values: Any, dtype: Any, *, min_size: int = 2) -> jax.Array:
   """``[m]`` real values, ``m >= min_size``; if concrete, also finite and non-decreasing. Returned in ``dtype``.
 
-  A traced array can only be checked for its shape and dtype.
+  A traced array can only be checked for its shape and dtype. Whether ``values`` is traced is decided on the
+  argument as given: a NumPy array or a list is concrete under ``jit`` too (``jnp.asarray`` would trace it).
   """
+  concrete = not is_traced(values)
   array = as_array(name, values)
   check_real_dtype(name, array.dtype)
   if array.ndim != 1 or array.shape[0] < min_size:
     raise ValueError(f"{name} must be a 1-D array [m] of at least {min_size} values; got {name}.shape = {array.shape}")
-  if not is_traced(array):
-    value = np.asarray(array, np.float64)
+  if concrete:
+    value = np.asarray(values if is_traced(array) else array, np.float64)
     if not np.all(np.isfinite(value)):
       raise ValueError(f"{name} must be finite; got {name} = {value.tolist()}")
     if np.any(np.diff(value) < 0):

@@ -122,6 +122,14 @@ class _Groups:
         f"groups must be a 1-D array of integer group ids, one per entry of pred, shape ({n},); "
         f"got groups.shape = {groups.shape}"
       )
+    if concrete and groups.size and groups.min() < 0:
+      bad = groups[groups < 0]
+      allowed = "[0, num_groups)" if num_groups is None else f"[0, num_groups) = [0, {num_groups})"
+      raise ValueError(
+        f"groups must hold non-negative integer group ids in {allowed}"
+        + (" (num_groups is inferred as max(groups) + 1)" if num_groups is None else "")
+        + f"; got {bad.size} negative id(s), e.g. {int(bad.ravel()[0])}"
+      )
     if num_groups is None:
       if not concrete:
         raise ValueError(
@@ -407,16 +415,19 @@ def spearman_grad_hess(
   estimated with ``num_probes`` Rademacher vectors :math:`z` (Hutchinson/Bekas et al.), each one
   vector-Jacobian product, so the cost is a few backward passes whatever ``n``:
 
-  - ``hessian="diagonal"``: the per-entry estimate, floored at 1% of its mean (entries whose soft rank does not
-    move, e.g. isolated blocks of the L2 projection, would get 0; the floor keeps Newton steps bounded).
-  - ``hessian="constant"``: the mean of the diagonal, :math:`\operatorname{tr}(G) / n`, for every entry: a much
-    less noisy estimate (it averages over ``n`` entries), i.e. gradient boosting with one curvature scale.
+  - ``hessian="diagonal"``: the per-entry estimate, floored at 1% of its mean over the entry's group (entries
+    whose soft rank does not move, e.g. isolated blocks of the L2 projection, would get 0; the floor keeps
+    Newton steps bounded).
+  - ``hessian="constant"``: the mean of the diagonal over the entry's group (without ``groups``,
+    :math:`\operatorname{tr}(G) / n`): a much less noisy estimate, i.e. one curvature scale per group.
 
-  With ``normalize=True`` (default) both arrays are multiplied by the one constant that makes ``mean(hess) ==
-  1``: Newton leaf values :math:`-\sum g / \sum h` do not change, and the boosting libraries' per-example
+  With ``normalize=True`` (default) both arrays are multiplied by the one constant per group (for the whole
+  vector without ``groups``) that makes the group's mean Hessian 1: Newton leaf values :math:`-\sum g / \sum h`
+  within a group do not change, and the boosting libraries' per-example
   defaults (xgboost ``min_child_weight=1``, ``reg_lambda=1``; lightgbm ``min_sum_hessian_in_leaf``) keep their
   usual meaning (for squared error the Hessian is 1 per example). With ``normalize=False`` they are the
-  derivatives of ``spearman_loss`` itself.
+  derivatives of ``spearman_loss`` itself. Every scale is taken within a group, so a group with a NaN or an
+  infinity (whose gradient and Hessian are NaN) changes no other group's gradient or Hessian.
 
   To use it as a custom objective, see :func:`spearman_boosting_objective`.
 
@@ -466,17 +477,25 @@ def spearman_grad_hess(
   grad, probes = fn(pred, target, jax.random.key(seed), epsilon)
   grad = np.asarray(grad, np.float64)
   diag = np.mean(np.asarray(probes, np.float64) ** 2, axis=0)
-  # Entries of a row (group) with a NaN or an infinity get NaN; every scale below is taken over the others only,
-  # so one group's bad data changes no other group's gradient or Hessian.
+  # Entries of a group with a NaN or an infinity get NaN (its gradient is NaN already). The Hessian's floor, the
+  # constant Hessian and the normalization are taken within each group (the whole vector without groups), so one
+  # group's data, bad or not, changes no other group's gradient or Hessian.
   finite = np.isfinite(grad) & np.isfinite(diag)
-  mean = float(diag[finite].mean()) if finite.any() else 0.0
-  if mean <= 0:
-    mean = 1.0  # no entry's rank moves (e.g. epsilon far below the gaps of pred): the gradient is 0 too
-    diag = np.ones_like(diag)
-  hess = np.full_like(diag, mean) if hessian == "constant" else np.maximum(diag, 0.01 * mean)
+  ids = np.zeros(grad.shape, np.int64) if groups is None else np.asarray(groups, np.int64)
+  _, ids = np.unique(ids, return_inverse=True)
+  ids = ids.reshape(grad.shape)
+  bad_group = np.bincount(ids, ~finite) > 0
+  finite = ~bad_group[ids]
+  count = np.bincount(ids, finite)
+  mean = np.bincount(ids, np.where(finite, diag, 0)) / np.maximum(count, 1)
+  flat = mean <= 0  # no entry's rank moves (e.g. epsilon far below the gaps of pred): the gradient is 0 too
+  mean = np.where(flat, 1.0, mean)
+  diag = np.where(flat[ids], 1.0, diag)
+  hess = mean[ids] if hessian == "constant" else np.maximum(diag, 0.01 * mean[ids])
   grad, hess = np.where(finite, grad, np.nan), np.where(finite, hess, np.nan)
-  if normalize and finite.any():
-    scale = hess[finite].mean()
+  if normalize:
+    scale = np.bincount(ids, np.where(finite, hess, 0)) / np.maximum(count, 1)
+    scale = np.where(scale > 0, scale, 1.0)[ids]
     grad, hess = grad / scale, hess / scale
   return grad, hess
 

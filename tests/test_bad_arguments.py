@@ -48,6 +48,21 @@ def test_quantile_normalization_accepts_ties_in_targets_and_traced_targets():
   np.testing.assert_allclose(traced, otsort.quantile_normalization(X, [0.0, 1.0, 2.0, 3.0]), rtol=1e-5)
 
 
+def test_quantile_normalization_under_jit_checks_concrete_numpy_targets_and_weights():
+  # Before: inside jit, NumPy targets were taken for traced ones and not checked: [2, 1] gave a silent,
+  # order-reversed result, [0, nan] NaN and [0, inf] inf. They are concrete at trace time, so they are checked.
+  for targets, message in (
+    ([2.0, 1.0], "targets must be sorted in non-decreasing order"),
+    ([0.0, np.nan], "targets must be finite"),
+    ([0.0, np.inf], "targets must be finite"),
+  ):
+    for given in (np.array(targets), targets):  # a NumPy array or a list, closed over
+      with pytest.raises(ValueError, match=re.escape(message)):
+        jax.jit(lambda x, t=given: otsort.quantile_normalization(x, t))(X)
+  with pytest.raises(ValueError, match=re.escape("weights must sum to 1")):
+    jax.jit(lambda x: otsort.quantile_normalization(x, np.array([0.0, 1.0]), weights=np.array([0.5, 0.6])))(X)
+
+
 @pytest.mark.parametrize(
   "weights, message",
   [
