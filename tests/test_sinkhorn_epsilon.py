@@ -171,3 +171,36 @@ def test_epsilon_of_the_wrong_shape_is_refused():
     r"shape \(3,\)",
   ):
     Sinkhorn().sort(x, descending=False, epsilon=jnp.ones(3))
+
+
+# Still open (NaN at epsilon <= 1e-11 in float32, tracked in issue 14):
+# quantile with several levels (q = 0, 0.3, 0.5, 1) and quantile_normalization
+# with unequal target weights (both modes), and quantize unrolled.
+_FINITE_AT_TINY_EPSILON = {
+  "implicit": ["sort", "ranks", "topk", "topk_mask", "quantize", "sort_with"],
+  "unroll": ["sort", "ranks", "topk", "topk_mask", "sort_with"],
+}
+
+
+@pytest.mark.parametrize("differentiation", ["implicit", "unroll"])
+def test_tiny_epsilons_give_finite_values_and_gradients_float32(differentiation):
+  # Regression: in float32 the reduced cost C - f0 - g0 was off by rounding
+  # (-7.5e-9 on this row), which the kernel exp(-C / epsilon) turned into
+  # exp(7450) = inf at epsilon = 1e-12: NaN values and gradients for every
+  # operation. Epsilons down to the smallest normal float (one per row, one
+  # compile) now give finite values and gradients, and the hard sort and
+  # ranks once epsilon is small.
+  exponents = np.array([3, 8, 11, 12, 14, 19, 20, 30, 37])
+  eps = jnp.asarray(10.0**-exponents, jnp.float32)
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (len(exponents), 8)), jnp.float32)
+  backend = Sinkhorn(differentiation=differentiation)
+  results = _values_and_grads(_ops(8, backend, _FINITE_AT_TINY_EPSILON[differentiation]), argnums=(0, 1))(x, eps)
+  for name, ((_, losses), (x_bar, eps_bar)) in results.items():
+    assert np.all(np.isfinite(losses)), name
+    assert np.all(np.isfinite(x_bar)), name
+    assert np.all(np.isfinite(eps_bar)), name
+  hard = exponents >= 8
+  sorted_ = np.asarray(backend.sort(x, descending=False, epsilon=eps))[hard]
+  np.testing.assert_array_equal(sorted_, np.sort(np.asarray(x), axis=-1)[hard])
+  ranks = np.asarray(backend.ranks(x, descending=False, epsilon=eps))[hard]
+  np.testing.assert_allclose(ranks, np.argsort(np.argsort(np.asarray(x), axis=-1), axis=-1)[hard], atol=1e-5)
