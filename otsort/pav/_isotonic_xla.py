@@ -9,11 +9,12 @@ of the comparison) are pooled, as in the reference implementation; see the heade
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 # Units in the last place within which two block values count as equal (kTieUlps in pav_core.h).
 _TIE_ULPS = 64.0
@@ -40,8 +41,9 @@ class _L2(NamedTuple):
   def merge(self, other):
     count = self.count + other.count
     share = other.count / count
-    return _L2(self.mean_a + (other.mean_a - self.mean_a) * share, self.mean_b + (other.mean_b - self.mean_b) * share,
-               count)
+    return _L2(
+      self.mean_a + (other.mean_a - self.mean_a) * share, self.mean_b + (other.mean_b - self.mean_b) * share, count
+    )
 
   def violated_by(self, nxt):
     return _pooled(self.mean_a - nxt.mean_a, self.mean_b - nxt.mean_b)
@@ -74,8 +76,10 @@ class _KL(NamedTuple):
     return _KL(a, zero, b, zero)
 
   def merge(self, other):
-    return _KL(*_lse_merge(self.max_a, self.rest_a, other.max_a, other.rest_a),
-               *_lse_merge(self.max_b, self.rest_b, other.max_b, other.rest_b))
+    return _KL(
+      *_lse_merge(self.max_a, self.rest_a, other.max_a, other.rest_a),
+      *_lse_merge(self.max_b, self.rest_b, other.max_b, other.rest_b),
+    )
 
   def violated_by(self, nxt):
     da = (self.max_a - nxt.max_a) + (self.rest_a - nxt.rest_a)
@@ -146,8 +150,7 @@ def _rows(fn: Callable, x: jax.Array, epsilon: jax.Array):
   outs = jax.vmap(fn)(flat, jnp.where(valid_epsilon, flat_epsilon, 1))
   finite = jnp.all(jnp.isfinite(flat), axis=-1, keepdims=True) & valid_epsilon[:, None]
   valid_ids = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), flat.shape)
-  outs = tuple(
-      jnp.where(finite, o, jnp.nan if jnp.issubdtype(o.dtype, jnp.floating) else valid_ids) for o in outs)
+  outs = tuple(jnp.where(finite, o, jnp.nan if jnp.issubdtype(o.dtype, jnp.floating) else valid_ids) for o in outs)
   return tuple(o.reshape(x.shape) for o in outs)
 
 
