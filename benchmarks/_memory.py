@@ -16,21 +16,27 @@ memory:
    element), XLA's temporaries and the kernels' scratch.
 
 The figure (``bytes_per_element``) is the largest of the three, divided by n. The first call matters: the CPU
-kernel keeps its scratch in per-thread (``thread_local``) buffers that it grows on first use and keeps, so a
-later call counts it only when it lands on a thread that has not run a row of that size before (the reason a
-steady-state measurement can read 16 or 72 bytes per element for the same call). ``retained_bytes_per_element``
-is what stays resident after the first call once its result is dropped.
+kernel takes its scratch from a cache that keeps blocks of up to 1 GiB in all after a call (so a row pays its
+page faults once), and a later call counts that scratch only when it needs a larger block.
+``retained_bytes_per_element`` is what stays resident after the first call once its result is dropped.
+
+The kernel's scratch is never cleared, so only what it writes becomes resident, and the PAV stack is written
+only as deep as it grows: how deep depends on the data and on epsilon. At the methods' default (epsilon 1 on
+standard normal rows) the soft ranks pool into a few blocks and their stack stays shallow; the soft sort's
+does not. ``--epsilon 1e-9`` gives the ranks an (almost) full stack at n = 10^6..10^7, the worst case.
 
 For JAX methods the child also reports XLA's own accounting of the compiled call (``temp_size_in_bytes``,
 buffers XLA allocates besides inputs and outputs), which misses scratch that a custom call mallocs itself.
 
-Run as ``python -m benchmarks._memory --method KEY --op ranks --n N [--mode fwd]``; it prints one JSON line.
+Run as ``python -m benchmarks._memory --method KEY --op sort,ranks --mode fwd,fwd+bwd --n 1e6,1e7 [--epsilon E]``:
+each case (every combination of the lists) runs in its own fresh process, and each prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+import functools
 import gc
 import json
 import os
@@ -71,7 +77,7 @@ def _peak_of(call: Callable[[], Any]) -> tuple[int, int]:
   return (peak - before) * 1024, (_status_kib("VmRSS") - before) * 1024
 
 
-def _child(key: str, op: str, n: int, torch_threads: int, mode: str = "fwd+bwd") -> dict:
+def _child(key: str, op: str, n: int, torch_threads: int, mode: str = "fwd+bwd", epsilon: float | None = None) -> dict:
   from benchmarks import _methods
   from benchmarks import _provenance
   from benchmarks import _runner
@@ -95,6 +101,14 @@ def _child(key: str, op: str, n: int, torch_threads: int, mode: str = "fwd+bwd")
     import jax.numpy as jnp
 
     fn = method._row_fn(op)  # pylint: disable=protected-access
+    if epsilon is not None:
+      if not isinstance(method, _methods.OtsortPav):
+        return {"status": f"fails: --epsilon applies to the otsort pav methods only, not {key}"}
+      import otsort
+
+      fn = functools.partial(
+        getattr(otsort, op), epsilon=epsilon, impl=method.impl, regularization=method.regularization
+      )
     xd, wd = jnp.asarray(x), jnp.asarray(w)  # the inputs, materialised before anything is measured
     if mode == "fwd":
       compiled = jax.jit(fn).lower(xd).compile()
@@ -120,18 +134,28 @@ def _child(key: str, op: str, n: int, torch_threads: int, mode: str = "fwd+bwd")
 
 
 def measure(
-  key: str, op: str, n: int, *, torch_threads: int = 1, timeout: float = 600.0, mode: str = "fwd+bwd"
+  key: str,
+  op: str,
+  n: int,
+  *,
+  torch_threads: int = 1,
+  timeout: float = 600.0,
+  mode: str = "fwd+bwd",
+  epsilon: float | None = None,
 ) -> dict:
   """Runs one case in a fresh interpreter; returns its JSON answer with the case (and ``mode``) added."""
   env = dict(os.environ, **_MALLOC_ENV)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
   case = {"method": key, "op": op, "n": n, "mode": mode}
+  if epsilon is not None:
+    case["epsilon"] = epsilon
   try:
     done = subprocess.run(
       [
         sys.executable,
         "-m",
         "benchmarks._memory",
+        "--child",
         "--method",
         key,
         "--op",
@@ -142,6 +166,7 @@ def measure(
         str(torch_threads),
         "--mode",
         mode,
+        *([] if epsilon is None else ["--epsilon", repr(epsilon)]),
       ],
       cwd=_ROOT,
       env=env,
@@ -158,15 +183,32 @@ def measure(
   return {**case, **json.loads(lines[-1])}
 
 
+def _list(text: str, parse: Callable[[str], Any] = str) -> list:
+  return [parse(item) for item in text.split(",") if item]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--method", required=True)
-  parser.add_argument("--op", default="ranks")
-  parser.add_argument("--n", type=int, required=True)
+  parser.add_argument("--op", default="ranks", help="comma-separated: sort, ranks, ...")
+  parser.add_argument("--n", required=True, help="comma-separated row lengths, e.g. 1e6,1e7")
   parser.add_argument("--torch-threads", type=int, default=1)
-  parser.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd+bwd")
+  parser.add_argument("--mode", default="fwd+bwd", help="comma-separated: fwd, fwd+bwd")
+  parser.add_argument("--epsilon", type=float, default=None, help="pav methods only: instead of their default")
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one case, in this process
   args = parser.parse_args()
-  print(json.dumps(_child(args.method, args.op, args.n, args.torch_threads, args.mode)))
+  ops, modes, sizes = _list(args.op), _list(args.mode), _list(args.n, lambda item: int(float(item)))
+  for mode in modes:
+    if mode not in ("fwd", "fwd+bwd"):
+      parser.error(f"--mode must be fwd or fwd+bwd; got {mode!r}")
+  if args.child:
+    print(json.dumps(_child(args.method, ops[0], sizes[0], args.torch_threads, modes[0], args.epsilon)))
+    return
+  for op in ops:
+    for mode in modes:
+      for n in sizes:
+        case = measure(args.method, op, n, torch_threads=args.torch_threads, mode=mode, epsilon=args.epsilon)
+        print(json.dumps(case), flush=True)
 
 
 if __name__ == "__main__":

@@ -40,24 +40,15 @@ inline T value_of_descending_key(KeyOf<T> key) {
   return x;
 }
 
-// Scratch buffers reused across rows by one thread.
+// Sorts x[0..n) in decreasing order: sorted[i] = x[perm[i]], ties in input order. The caller provides the
+// scratch: `keys` and `keys_tmp` of n keys each and `perm_tmp` of n int32. A key has the size of its float, so
+// `sorted` may be the memory of `keys` or of `keys_tmp` (each value is decoded in place from its own key); no
+// other two arrays may overlap.
 template <class T>
-struct SortScratch {
-  std::vector<KeyOf<T>> keys, keys_tmp;
-  std::vector<int32_t> perm_tmp;
-  void reserve(int64_t n) {
-    keys.resize(n);
-    keys_tmp.resize(n);
-    perm_tmp.resize(n);
-  }
-};
-
-// Sorts x[0..n) in decreasing order: sorted[i] = x[perm[i]], ties in input order.
-template <class T>
-void sort_descending(int32_t n, const T* x, T* sorted, int32_t* perm, SortScratch<T>& scratch) {
+void sort_descending(int32_t n, const T* x, T* sorted, int32_t* perm, KeyOf<T>* keys, KeyOf<T>* keys_tmp,
+                     int32_t* perm_tmp) {
   using K = KeyOf<T>;
-  scratch.reserve(n);
-  K* keys = scratch.keys.data();
+  static_assert(sizeof(K) == sizeof(T), "a key must have the size of its float");
   for (int32_t i = 0; i < n; ++i) {
     keys[i] = descending_key(x[i]);
     perm[i] = i;
@@ -88,9 +79,9 @@ void sort_descending(int32_t n, const T* x, T* sorted, int32_t* perm, SortScratc
       for (int p = 0; p < kPasses; ++p) ++counts[p * kBuckets + ((keys[i] >> (p * kBits)) & (kBuckets - 1))];
     }
     K* src_keys = keys;
-    K* dst_keys = scratch.keys_tmp.data();
+    K* dst_keys = keys_tmp;
     int32_t* src_perm = perm;
-    int32_t* dst_perm = scratch.perm_tmp.data();
+    int32_t* dst_perm = perm_tmp;
     for (int p = 0; p < kPasses; ++p) {
       int32_t* count = counts.data() + p * kBuckets;
       const K first_digit = (src_keys[0] >> (p * kBits)) & (kBuckets - 1);
@@ -112,7 +103,29 @@ void sort_descending(int32_t n, const T* x, T* sorted, int32_t* perm, SortScratc
     if (src_perm != perm) std::memcpy(perm, src_perm, sizeof(int32_t) * n);
     keys = src_keys;
   }
-  for (int32_t i = 0; i < n; ++i) sorted[i] = value_of_descending_key<T>(keys[i]);
+  // Through memcpy, a byte copy, so that `sorted` may share the keys' memory whatever its declared type.
+  for (int32_t i = 0; i < n; ++i) {
+    const T value = value_of_descending_key<T>(keys[i]);
+    std::memcpy(sorted + i, &value, sizeof(T));
+  }
+}
+
+// Scratch buffers reused across rows by one thread (for callers that do not lay out their own).
+template <class T>
+struct SortScratch {
+  std::vector<KeyOf<T>> keys, keys_tmp;
+  std::vector<int32_t> perm_tmp;
+  void reserve(int64_t n) {
+    keys.resize(n);
+    keys_tmp.resize(n);
+    perm_tmp.resize(n);
+  }
+};
+
+template <class T>
+void sort_descending(int32_t n, const T* x, T* sorted, int32_t* perm, SortScratch<T>& scratch) {
+  scratch.reserve(n);
+  sort_descending(n, x, sorted, perm, scratch.keys.data(), scratch.keys_tmp.data(), scratch.perm_tmp.data());
 }
 
 }  // namespace otsort
