@@ -133,7 +133,10 @@ def test_unrolled_gradients_are_those_of_the_unconverged_iterates(x64, n):
   f = _values_and_grads(_ops(n, o, _UNROLL_CASES[n]), argnums=(0, 1))
   rng = np.random.default_rng(n)
   x0, v = rng.normal(size=n), rng.normal(size=n)
-  e, hx, he = 0.01, 1e-6, 1e-8
+  # he = 1e-7: a step sweep (he = 1e-3 .. 1e-9) shows the central difference's error falling as he^2 (truncation,
+  # 5.6e-4 at 1e-3 for quantize, n = 5) down to ~1e-7 and then growing as (value rounding) / he (4e-8 at 1e-8, 2e-7
+  # at 1e-9); at 1e-7 every op here is within 7e-9 (quantize: 2e-10 on 3.5e-3), the derivative unchanged to 1e-14.
+  e, hx, he = 0.01, 1e-6, 1e-7
   # Rows at (x, e), (x +- hx v, e), (x, e +- he).
   x = jnp.asarray(np.stack([x0, x0 + hx * v, x0 - hx * v, x0, x0]))
   eps = jnp.asarray([e, e, e, e + he, e - he])
@@ -141,10 +144,7 @@ def test_unrolled_gradients_are_those_of_the_unconverged_iterates(x64, n):
     fd_x = (values[1] - values[2]) / (2 * hx)
     fd_e = (values[3] - values[4]) / (2 * he)
     np.testing.assert_allclose(jnp.vdot(gx[0], v), fd_x, rtol=1e-6, err_msg=f"{name}: d/dx")
-    # Rounding of the values over 2 he: atol. ~10 iterations of n-term sums round the values by up to ~1e-15, so
-    # the central difference is exact to ~5e-8 (measured 4.2e-8 for quantize, n = 5, on a value of 3.5e-3); the
-    # errors this test exists for were 0.4% to 76%.
-    np.testing.assert_allclose(ge[0], fd_e, rtol=1e-6, atol=1e-7, err_msg=f"{name}: d/d epsilon")
+    np.testing.assert_allclose(ge[0], fd_e, rtol=1e-6, atol=1e-8, err_msg=f"{name}: d/d epsilon")
 
 
 # ----------------------------------------------------------------------------
@@ -175,34 +175,4 @@ def test_epsilon_of_the_wrong_shape_is_refused():
     Sinkhorn().sort(x, descending=False, epsilon=jnp.ones(3))
 
 
-# Still open (NaN at epsilon <= 1e-11 in float32, tracked in issue 14):
-# quantile with several levels (q = 0, 0.3, 0.5, 1) and quantile_normalization
-# with unequal target weights (both modes), and quantize unrolled.
-_FINITE_AT_TINY_EPSILON = {
-  "implicit": ["sort", "ranks", "topk", "topk_mask", "quantize", "sort_with"],
-  "unroll": ["sort", "ranks", "topk", "topk_mask", "sort_with"],
-}
-
-
-@pytest.mark.parametrize("differentiation", ["implicit", "unroll"])
-def test_tiny_epsilons_give_finite_values_and_gradients_float32(differentiation):
-  # Regression: in float32 the reduced cost C - f0 - g0 was off by rounding
-  # (-7.5e-9 on this row), which the kernel exp(-C / epsilon) turned into
-  # exp(7450) = inf at epsilon = 1e-12: NaN values and gradients for every
-  # operation. Epsilons down to the smallest normal float (one per row, one
-  # compile) now give finite values and gradients, and the hard sort and
-  # ranks once epsilon is small.
-  exponents = np.array([3, 8, 11, 12, 14, 19, 20, 30, 37])
-  eps = jnp.asarray(10.0**-exponents, jnp.float32)
-  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (len(exponents), 8)), jnp.float32)
-  backend = Sinkhorn(differentiation=differentiation)
-  results = _values_and_grads(_ops(8, backend, _FINITE_AT_TINY_EPSILON[differentiation]), argnums=(0, 1))(x, eps)
-  for name, ((_, losses), (x_bar, eps_bar)) in results.items():
-    assert np.all(np.isfinite(losses)), name
-    assert np.all(np.isfinite(x_bar)), name
-    assert np.all(np.isfinite(eps_bar)), name
-  hard = exponents >= 8
-  sorted_ = np.asarray(backend.sort(x, descending=False, epsilon=eps))[hard]
-  np.testing.assert_array_equal(sorted_, np.sort(np.asarray(x), axis=-1)[hard])
-  ranks = np.asarray(backend.ranks(x, descending=False, epsilon=eps))[hard]
-  np.testing.assert_allclose(ranks, np.argsort(np.argsort(np.asarray(x), axis=-1), axis=-1)[hard], atol=1e-5)
+# Epsilons down to the smallest normal float, and the hard limits: tests/test_sinkhorn_extremes.py.

@@ -142,7 +142,8 @@ class Sinkhorn(_contract.Backend):
     """``readout(plan of row i onto measure, x[i], *operands[i])`` for every row: ``[batch, n]`` -> ``[batch, ...]``.
 
     ``scale_free`` marks a readout positively homogeneous in ``x`` (sort-like); with the sigmoid squashing it is
-    then computed on the row scaled by a power of two (:mod:`._scaling`).
+    then computed on the row scaled by a power of two (:mod:`._scaling`). A readout with one operand is linear in
+    it, and computed on the operand scaled by a power of two.
     """
     epsilon = jnp.asarray(epsilon, x.dtype)
     if epsilon.ndim and epsilon.shape != x.shape[:1]:
@@ -165,6 +166,8 @@ class Sinkhorn(_contract.Backend):
 
     if scale_free and not operands and self.squashing == "sigmoid":
       row = _scaling.scale_free(row)
+    elif operands:
+      row = _scaling.linear_in_operand(row)
     return jax.vmap(row)(x, epsilon, *operands)
 
   # -- the operations: [batch, n] rows, [batch] epsilons ---------------------------------------------------------
@@ -249,7 +252,8 @@ class Sinkhorn(_contract.Backend):
     keeping its order: ``[batch, n]`` -> ``[batch, n]``."""
     m = targets.shape[-1]
     measure = TargetMeasure.uniform(m, weights)
-    return self._solve(x, epsilon, measure, lambda plan, xr: _readouts.normalize(plan, xr, targets.astype(x.dtype)))
+    targets = jnp.broadcast_to(targets.astype(x.dtype), (x.shape[0], m))
+    return self._solve(x, epsilon, measure, _readouts.normalize, targets)
 
 
 def target_measure(target: Any = None, num_targets: Any = None, target_weights: Any = None) -> TargetMeasure | None:

@@ -1,4 +1,4 @@
-r"""Sort-like readouts computed on the row scaled by a power of two, so that large float32 rows stay finite.
+r"""Readouts computed on values scaled by a power of two, so that large float32 values stay finite.
 
 With the sigmoid squashing (scale-invariant) the sort-like readouts (sort, quantile, top-k, quantize) are
 positively homogeneous in the row, :math:`f(x) = s f(x / s)`. :func:`scale_free` computes them that way with
@@ -58,5 +58,23 @@ def scale_free(row: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     root = _transport.scale_root(x)
     rest = tuple(_scaled_cotangent(r, root) for r in rest)
     return _from_unit(row(_to_unit(x, root), *rest), root)
+
+  return scaled
+
+
+def linear_in_operand(row: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """``row(x, epsilon, values)`` computed as ``s * row(x, epsilon, values / s)`` (``s`` a power of two near
+  ``max |values|``), for a ``row`` linear in ``values`` (``sort_with``, ``quantile_normalization``).
+
+  The plan's cotangent is proportional to ``values``: unrolled, the Sinkhorn iterations' backward multiplies it by
+  the scalings, which overflowed for float32 values near 1e30 (NaN epsilon-gradients of ``sort_with`` at epsilon
+  <= 1e-12). It is computed for ``values / s``, and the cotangents of ``x`` and ``epsilon`` multiplied by ``s`` at
+  the end (``values``' own derivative does not depend on them).
+  """
+
+  def scaled(x, epsilon, values):
+    root = _transport.scale_root(values)
+    x, epsilon = _scaled_cotangent(x, root), _scaled_cotangent(epsilon, root)
+    return _from_unit(row(x, epsilon, _to_unit(values, root)), root)
 
   return scaled

@@ -80,7 +80,11 @@ enter the derivative depends on the differentiation mode:
   there, unrolled gradients at a loose threshold were off (float64,
   threshold ``1e-2``, :math:`\varepsilon = 0.01`, a directional derivative
   against central finite differences: 7.6% for ``sort`` with 20 targets, 76%
-  for ``quantile`` with 12 inputs); they now agree to :math:`10^{-9}`.
+  for ``quantile`` with 12 inputs); they now agree to :math:`10^{-9}`. Where
+  the reduced cost is 0 in exact arithmetic (the monotone support) its
+  derivative is too, and it is taken as the constant 0 there: computed, it
+  was rounding, which the kernel divides by :math:`\varepsilon`. The one
+  exception are moves that split a tie group (:func:`_moves_within_ties`).
 
 **Epsilon** is a scalar that may be traced, a leaf of the geometry: changing
 it does not recompile, and it is differentiated. Unrolled, its derivative
@@ -95,10 +99,16 @@ it the solver's :math:`\varepsilon \log u` overflows to NaN); below
 :math:`\sqrt{\text{tiny}}` of the dtype (1.1e-19 in float32, 1.5e-154 in
 float64) it is computed as that value, where the plan is already the hard
 one and the implicit backward's :math:`1/\varepsilon^2` terms stay finite.
-Small epsilons need no switch to the log domain: the reduced cost is made exactly :math:`\ge 0` with an
-exact 0 in every row and column (:func:`_exact_zero_minima`), so the kernel
-stays finite, and tends to the 0/1 pattern of the hard plan, as
-:math:`\varepsilon \to 0`.
+Small epsilons need no switch to the log domain: the reduced cost is exactly
+:math:`\ge 0`, and exactly 0 on the support of the monotone coupling
+(:func:`_reduced_cost`), so the kernel stays finite and keeps, down to the
+smallest float, the 0/1 pattern of a coupling with the prescribed marginals:
+the plan tends to the hard one. The implicit backward refines its linear
+solve until its error is small relative to :math:`\varepsilon`
+(:func:`_adjoint_error`), so that gradients at a small epsilon are those of
+the hard plan too (float32 within about :math:`10^{-5}` of float64 from
+:math:`10^{-4}` to :math:`10^{-12}`; one solve was off by O(1) at
+:math:`10^{-8}`).
 """
 
 from __future__ import annotations
@@ -126,6 +136,11 @@ _CG_MAX_ITERATIONS = 500
 # Relative residual of the CG solve: float32 reaches 1e-5; float64 is used to
 # check gradients, so it solves to near the dense solve's accuracy.
 _CG_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+# Iterative refinement of the adjoint solve (_adjoint_error): the residual
+# it aims at, relative to the right-hand side and to epsilon, and at most
+# this many passes after the first solve.
+_REFINE_TOL = {np.dtype(np.float32): 1e-2, np.dtype(np.float64): 1e-7}
+_REFINE_MAX_PASSES = {np.dtype(np.float32): 12, np.dtype(np.float64): 24}
 
 
 def sigmoid_zscore(x: jax.Array) -> jax.Array:
@@ -208,20 +223,76 @@ def monotone_dual_potentials(z, a, y, b):
   order = jnp.argsort(z)
   z_sorted = z[order]
   cum_a = jnp.cumsum(a[order])
-  # A boundary within `tol` of a cumulated source mass counts as falling
-  # between two sources: float32 cumulative sums of n masses are off by up
-  # to a few n * eps (measured: 0.5% of a mass 1/n at n = 1e4).
-  tol = jnp.min(a) * min(0.25, 16 * n * float(jnp.finfo(z.dtype).eps))
+  tol = _mass_tolerance(a)
   boundaries = jnp.cumsum(b)[:-1]
   # Sources holding the mass just below and just above each boundary; the
   # same source unless the boundary falls between two.
   lo = jnp.clip(jnp.searchsorted(cum_a, boundaries - tol), 0, n - 1)
   hi = jnp.clip(jnp.searchsorted(cum_a, boundaries + tol), 0, n - 1)
+  z_sorted = _tie_symmetric(z_sorted)
   z_star = 0.5 * (z_sorted[lo] + z_sorted[hi])
   step = (y[1:] - y[:-1]) * (y[1:] + y[:-1] - 2.0 * z_star)
   g = jnp.concatenate([jnp.zeros((1,), z.dtype), jnp.cumsum(step)])
   f = jnp.min((z[:, None] - y[None, :]) ** 2 - g[None, :], axis=1)
   return f, g
+
+
+def _tie_symmetric(z_sorted: jax.Array) -> jax.Array:
+  """``z_sorted`` itself, differentiated as the mean of its tie group: which of tied sources straddles a boundary
+  is decided by the order ``argsort`` happened to give them, and the duals' derivative should not depend on it."""
+  first = jnp.searchsorted(z_sorted, z_sorted, side="left")
+  last = jnp.searchsorted(z_sorted, z_sorted, side="right")
+  total = jnp.concatenate([jnp.zeros((1,), z_sorted.dtype), jnp.cumsum(z_sorted)])
+  mean = (total[last] - total[first]) / (last - first).astype(z_sorted.dtype)
+  return jax.lax.stop_gradient(z_sorted) + (mean - jax.lax.stop_gradient(mean))
+
+
+def _mass_tolerance(a: jax.Array) -> jax.Array:
+  """Cumulated masses closer than this count as equal: a boundary between targets within it of a cumulated source
+  mass falls between two sources. Float32 cumulative sums of ``n`` masses are off by up to a few ``n * eps``
+  (measured: 0.5% of a mass 1/n at n = 1e4)."""
+  return jnp.min(a) * min(0.25, 16 * a.shape[0] * float(jnp.finfo(a.dtype).eps))
+
+
+def monotone_support(z: jax.Array, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  r"""The support of the monotone coupling, sources tied in :math:`z` merged: ``(support, tied, leader)``:
+  ``[n, m]`` booleans, ``tied`` marking the entries of tie groups split between targets, and ``[n]`` the index of
+  a representative of each source's tie group (itself when untied).
+
+  Source :math:`i` holds the cumulative-mass interval of its tie group (the sources with the same :math:`z_i`,
+  whose cost rows are equal), target :math:`j` the interval :math:`[b_1 + \dots + b_{j-1}, b_1 + \dots + b_j]`;
+  :math:`(i, j)` is in the support when the two overlap by more than the tolerance of
+  :func:`monotone_dual_potentials` (a boundary that close to a source edge falls between two sources there too).
+  On it the reduced cost of those duals is 0 in exact arithmetic, and every row and column of it (but for targets
+  or tie groups lighter than twice the tolerance) holds an entry of a coupling with marginals ``a`` and ``b``.
+  The reduced cost's derivative in :math:`z` is 0 there too, but for ``tied`` entries: moving one source of a split
+  tie group moves the boundary between its targets.
+
+  Args:
+    z: ``[n]`` source points, any order.
+    a: ``[n]`` source weights summing to 1.
+    b: ``[m]`` target weights summing to 1.
+  """
+  n = z.shape[0]
+  order = jnp.argsort(z)
+  z_sorted = z[order]
+  cum_a = jnp.cumsum(a[order])
+  first = jnp.searchsorted(z_sorted, z_sorted, side="left")
+  last = jnp.searchsorted(z_sorted, z_sorted, side="right") - 1
+  # The outer ends are open: the two totals, both 1, differ by rounding.
+  group_lo = jnp.where(first == 0, -jnp.inf, cum_a[first - 1])
+  group_hi = jnp.where(last == n - 1, jnp.inf, cum_a[last])
+  cum_b = jnp.cumsum(b)[:-1]
+  target_lo = jnp.concatenate([jnp.full((1,), -jnp.inf, b.dtype), cum_b])
+  target_hi = jnp.concatenate([cum_b, jnp.full((1,), jnp.inf, b.dtype)])
+  overlap = jnp.minimum(group_hi[:, None], target_hi[None, :]) - jnp.maximum(group_lo[:, None], target_lo[None, :])
+  support = overlap > _mass_tolerance(a)
+  tied = support & ((last > first) & (jnp.sum(support, axis=1) > 1))[:, None]
+
+  def unsort(values):
+    return jnp.zeros_like(values).at[order].set(values)
+
+  return unsort(support), unsort(tied), unsort(order[first])
 
 
 def _exact_zero_minima(reduced: jax.Array) -> jax.Array:
@@ -261,12 +332,88 @@ class _ReducedKernelGeometry(geometry.Geometry):
   log-domain iteration. Our epsilon does not change over the iterations (no
   schedule), so the kernel is applied as is. Epsilon itself stays a pytree
   leaf of the geometry (it may be traced, and is differentiated).
+
+  The solver's "potentials" are the scalings themselves here (start them at
+  scalings, read the plan off them): ott-jax converts its kernel-mode state
+  to :math:`f = \varepsilon \log u` and back, :math:`u = e^{f/\varepsilon}`,
+  an identity whose unrolled derivative passes through :math:`1/\varepsilon`
+  and back; at a small epsilon that overflowed (float32, a ``sort_with`` of
+  values near 1e30: NaN gradients at :math:`\varepsilon \le 10^{-8}`) or
+  left rounding divided by :math:`\varepsilon`. Only the regularised cost,
+  which we never read, uses them otherwise.
   """
 
   def apply_kernel(self, vec, eps=None, axis=0):
     del eps  # No schedule: the exponent would be 1.
     kernel = self.kernel_matrix
     return kernel @ vec if axis == 1 else vec @ kernel
+
+  def potential_from_scaling(self, scaling):
+    return scaling
+
+  def scaling_from_potential(self, potential):
+    return potential
+
+
+def _reduced_cost(z: jax.Array, a: jax.Array, y: jax.Array, b: jax.Array, *, differentiate_duals: bool) -> jax.Array:
+  r"""The reduced cost :math:`\bar C = C - f^0 - g^0 \ge 0` of the monotone duals, ``[n, m]``, exactly 0 on their
+  support.
+
+  :func:`_exact_zero_minima` makes it :math:`\ge 0` with a 0 in every row and column; :func:`monotone_support`
+  says where else it must be 0. In exact arithmetic it is, on the whole support (the monotone coupling, tie groups
+  merged); in floating point, entries where a source's mass is split between targets come out at a few roundings of
+  the cost (measured: 3.7e-9 in float32), and once :math:`\varepsilon` is below that the kernel there is 0: the
+  kernel's zeros then leave no coupling with the prescribed marginals (a source with no target, a target with no
+  source), the scalings run off and the plan is NaN (``quantile`` at :math:`\varepsilon \le 10^{-11}` in float32).
+  Setting the support to an exact 0 changes the cost by rounding, where its derivative is 0 in exact arithmetic too
+  (and is then 0, not rounding that unrolled derivatives would divide by :math:`\varepsilon`).
+
+  With ``differentiate_duals`` the duals are functions of ``z`` (unrolled differentiation), and the tied entries of
+  :func:`monotone_support` keep the reduced cost's derivative along the moves that split their tie group
+  (:func:`_moves_within_ties`); otherwise the result is a constant.
+  """
+
+  def reduced_at(z):
+    f0, g0 = monotone_dual_potentials(z if differentiate_duals else jax.lax.stop_gradient(z), a, y, b)
+    return _exact_zero_minima((z[:, None] - y[None, :]) ** 2 - f0[:, None] - g0[None, :])
+
+  support, tied, leader = monotone_support(jax.lax.stop_gradient(z), a, b)
+  reduced = reduced_at(z)
+  exact = jnp.where(support, 0.0 * reduced, reduced)  # 0, or NaN in a row with a NaN (which must stay NaN)
+  if differentiate_duals:
+    # Tied entries: 0, differentiated along the moves of z that split tie groups (_moves_within_ties).
+    moved = reduced_at(jax.lax.stop_gradient(z) + _moves_within_ties(z, leader))
+    exact = exact + jnp.where(tied, moved - jax.lax.stop_gradient(moved), 0.0)
+  return exact
+
+
+@jax.custom_vjp
+def _moves_within_ties(z: jax.Array, leader: jax.Array) -> jax.Array:
+  r"""Zeros ``[n]``, whose tangent is :math:`\dot z_i` minus its mean over the tie group of :math:`i` (``leader``
+  names the group): the part of a move of :math:`z` that splits tie groups.
+
+  On the monotone support the reduced cost is 0 in exact arithmetic, and stays 0 under every move of :math:`z`
+  but those that split a tie group whose mass straddles targets: there it has a kink (the first of the tied
+  sources takes the lower targets). Unrolled, its derivative on those entries is divided by :math:`\varepsilon`
+  (the kernel's); differentiated along all of :math:`\dot z`, the tied sources' contributions, which cancel for
+  a cotangent that does not tell them apart (``sort`` of exactly tied values), left rounding divided by
+  :math:`\varepsilon` (float32: 1e2 at :math:`10^{-19}`). Along these moves only, and with the group mean taken so
+  that equal cotangents of a group cancel exactly (:func:`_moves_within_ties_bwd`), they cancel to 0.
+  """
+  del leader
+  return 0.0 * z  # Not zeros_like: under vmap that is one unbatched row, whose cotangent sums the batch's.
+
+
+def _moves_within_ties_bwd(leader, cotangent):
+  # The group mean of the cotangent as the representative's value plus the mean deviation from it: exactly the
+  # common value when the group's cotangents are equal, so that they cancel to 0.
+  deviation = cotangent - cotangent[leader]
+  sums = jnp.zeros_like(cotangent).at[leader].add(deviation)
+  counts = jnp.zeros_like(cotangent).at[leader].add(1.0)
+  return deviation - sums[leader] / counts[leader], None
+
+
+_moves_within_ties.defvjp(lambda z, leader: (_moves_within_ties(z, leader), leader), _moves_within_ties_bwd)
 
 
 class _Solver(NamedTuple):
@@ -291,11 +438,7 @@ def _solve(solver: _Solver, z: jax.Array, epsilon: jax.Array, differentiate_star
     # Kernel mode on the reduced cost (see the module docstring): the
     # scalings start at 1, i.e. the potentials at the monotone duals.
     # Unrolled iterates depend on that start, so it is differentiated there.
-    duals_of = (z, a, y, b)
-    if not differentiate_start:
-      duals_of = jax.lax.stop_gradient(duals_of)
-    f0, g0 = monotone_dual_potentials(*duals_of)
-    reduced = _exact_zero_minima((z[:, None] - y[None, :]) ** 2 - f0[:, None] - g0[None, :])
+    reduced = _reduced_cost(z, a, y, b, differentiate_duals=differentiate_start)
     geom = _ReducedKernelGeometry(kernel_matrix=jnp.exp(-reduced / epsilon), epsilon=epsilon)
     lse_mode = False
   else:
@@ -311,11 +454,11 @@ def _solve(solver: _Solver, z: jax.Array, epsilon: jax.Array, differentiate_star
     # here (the plan's custom_vjp), so no ott-jax implicit machinery either.
     implicit_diff=None,
     initializer=ott_init.DefaultInitializer(),
-  )(problem)
+  )(problem, init=None if lse_mode else (jnp.ones((n,), dtype), jnp.ones(b.shape, dtype)))
   if lse_mode:
     plan = geom.transport_from_potentials(out.f, out.g)
-  else:
-    plan = geom.transport_from_scalings(geom.scaling_from_potential(out.f), geom.scaling_from_potential(out.g))
+  else:  # The scalings (_ReducedKernelGeometry).
+    plan = geom.transport_from_scalings(out.f, out.g)
   return plan, out.converged
 
 
@@ -359,32 +502,93 @@ def _implicit_plan_bwd(solver, residuals, cotangents):
   not see. ott-jax's ``ImplicitDiff`` computes the same quantities through
   a VJP of its first-order conditions, several more passes over the
   :math:`nm` entries; here the backward reads them in three einsums besides
-  the linear solve (:func:`_adjoint_solve`).
+  the linear solve (:func:`_adjoint_error`).
+
+  Both cotangents divide by :math:`\varepsilon`, so the error of
+  :math:`\lambda_i + \mu_j - \bar P_{ij}` must be small relative to
+  :math:`\varepsilon`, which one solve is not at a small one
+  (:func:`_adjoint_error` refines it). For the same reason
+  :math:`\bar\varepsilon` is computed with the reduced cost
+  :math:`C - f^0 - g^0` (:func:`_reduced_cost`) in place of :math:`C`: the
+  two differ by terms separable in :math:`(i, j)`, which the zero row and
+  column sums of :math:`\bar C` annihilate, but the reduced cost is exactly 0
+  where the plan's mass is (the hard plan's support), so that what is left of
+  the error there does not reach :math:`\bar\varepsilon` amplified by
+  :math:`1/\varepsilon^2`.
   """
   z, epsilon, plan = residuals
   plan_bar = cotangents[0]
-  y = jnp.asarray(np.asarray(solver.locations), dtype=z.dtype)
-  # Reductions of products of [n, m] arrays are written as einsums: XLA's CPU
-  # backend turns jnp.sum(a * broadcast(v), axis) into fused loops that ran
-  # 20 to 100 times slower than the equivalent dot_general at n = m = 1000.
-  lam, mu = _adjoint_solve(plan, jnp.einsum("ij,ij->i", plan_bar, plan), jnp.einsum("ij,ij->j", plan_bar, plan), z)
+  n, dtype = z.shape[0], z.dtype
+  y = jnp.asarray(np.asarray(solver.locations), dtype=dtype)
+  a = jnp.full((n,), 1.0 / n, dtype=dtype)
+  b = jnp.asarray(np.asarray(solver.weights), dtype=dtype)
+  error = _adjoint_error(plan, plan_bar, z, epsilon)
+  reduced = _reduced_cost(z, a, y, b, differentiate_duals=False)
   # The barrier keeps XLA from sharing the broadcasts of z, y and epsilon
   # with the forward's cost, which it then writes out as [n, m] arrays.
   z, y, epsilon = jax.lax.optimization_barrier((z, y, epsilon))
-  cost_bar = plan * (lam[:, None] + mu[None, :] - plan_bar) / epsilon
-  diff = y[None, :] - z[:, None]
-  z_bar = -2.0 * jnp.einsum("ij,ij->i", cost_bar, diff)
-  eps_bar = -jnp.einsum("ij,ij->", cost_bar, diff * diff) / epsilon
+  cost_bar = plan * error / epsilon
+  # Reductions of products of [n, m] arrays are written as einsums: XLA's CPU
+  # backend turns jnp.sum(a * broadcast(v), axis) into fused loops that ran
+  # 20 to 100 times slower than the equivalent dot_general at n = m = 1000.
+  z_bar = -2.0 * jnp.einsum("ij,ij->i", cost_bar, y[None, :] - z[:, None])
+  eps_bar = -jnp.einsum("ij,ij->", cost_bar, reduced) / epsilon
   return z_bar, eps_bar
 
 
 _implicit_plan.defvjp(_implicit_plan_fwd, _implicit_plan_bwd)
 
 
-def _adjoint_solve(plan: jax.Array, hf: jax.Array, hg: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array]:
-  r"""Solves :math:`\begin{pmatrix} D_r & P \\ P^\top & D_c\end{pmatrix}
+def _adjoint_error(plan: jax.Array, plan_bar: jax.Array, z: jax.Array, epsilon: jax.Array) -> jax.Array:
+  r""":math:`E_{ij} = \lambda_i + \mu_j - \bar P_{ij}` of :func:`_implicit_plan_bwd`, ``[n, m]``, to an error
+  small relative to :math:`\varepsilon`, by iterative refinement.
+
+  :math:`P \odot E` has zero row and column sums (the adjoint system), and where the plan is hard it is 0 up to
+  exponentially small terms: a tree of entries with zero row and column sums is 0. One solve leaves an error of
+  :math:`\kappa u |\bar P|` (:math:`u` the unit roundoff, :math:`\kappa` the condition number, which the ridge
+  of :func:`_adjoint_solver` bounds), and the cotangents divide it by :math:`\varepsilon`: in float32, ``quantile``'s
+  gradient was off by O(1) at :math:`\varepsilon = 10^{-8}` and by :math:`10^{11}` at :math:`10^{-19}`. Each pass
+  solves the system again for the residual :math:`-(P \odot E)\mathbf{1}, -(P \odot E)^\top\mathbf{1}` (the
+  factorisation or preconditioner is reused) and adds the correction, dividing the error by about
+  :math:`1 / (\kappa u)` (measured: :math:`10^{3}` to :math:`10^{4}` a pass in float32). The passes stop once the
+  residual is below ``_REFINE_TOL`` times :math:`\varepsilon` times the right-hand side's, once a pass no
+  longer divides it by 4 (the rounding floor), or after ``_REFINE_MAX_PASSES``. In float32 at the default
+  :math:`\varepsilon` that is the one solve (``ranks`` at n = 8 and 1000, ``quantile``); further passes: 1 to 2 at
+  :math:`10^{-3}` to :math:`10^{-8}`, 3 to 6 at :math:`10^{-12}` to :math:`10^{-19}`.
+  """
+  solve = _adjoint_solver(plan, z)
+  hf, hg = jnp.einsum("ij,ij->i", plan_bar, plan), jnp.einsum("ij,ij->j", plan_bar, plan)
+
+  def size(h):
+    return jnp.maximum(jnp.max(jnp.abs(h[0])), jnp.max(jnp.abs(h[1])))
+
+  def residual(error):  # The right-hand side of the correction.
+    return -jnp.einsum("ij,ij->i", error, plan), -jnp.einsum("ij,ij->j", error, plan)
+
+  def refine(state):
+    passes, error, rhs, _, _ = state
+    lam, mu = solve(*rhs)
+    error = error + lam[:, None] + mu[None, :]
+    new = residual(error)
+    return passes + 1, error, new, size(new), size(rhs)
+
+  def worth_it(state):
+    passes, _, _, now, before = state
+    return (passes < _REFINE_MAX_PASSES[np.dtype(plan.dtype)]) & (now > target) & (now < 0.25 * before)
+
+  lam, mu = solve(hf, hg)
+  error = lam[:, None] + mu[None, :] - plan_bar
+  target = _REFINE_TOL[np.dtype(plan.dtype)] * epsilon * size((hf, hg))
+  rhs = residual(error)
+  state = (jnp.zeros((), jnp.int32), error, rhs, size(rhs), jnp.asarray(jnp.inf, plan.dtype))
+  return jax.lax.while_loop(worth_it, refine, state)[1]
+
+
+def _adjoint_solver(plan: jax.Array, z: jax.Array) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+  r"""``solve(hf, hg) -> (lambda, mu)``, solving :math:`\begin{pmatrix} D_r & P \\ P^\top & D_c\end{pmatrix}
   \begin{pmatrix}\lambda\\ \mu\end{pmatrix} = \begin{pmatrix} h_f\\ h_g
-  \end{pmatrix}`, :math:`\mathbf{1}^\top h_f = \mathbf{1}^\top h_g`.
+  \end{pmatrix}`, :math:`\mathbf{1}^\top h_f = \mathbf{1}^\top h_g`; the set-up (a factorisation or a
+  preconditioner) is done once.
 
   The matrix (the Jacobian of the optimality conditions times
   :math:`\varepsilon`) is symmetric positive semi-definite with null space
@@ -397,8 +601,8 @@ def _adjoint_solve(plan: jax.Array, hf: jax.Array, hg: jax.Array, z: jax.Array) 
   which squares the condition number of this singular system and returns
   NaN in float32.
 
-  Up to ``_DENSE_SOLVE_MAX`` unknowns :math:`S` is materialised and solved
-  by LU (exact, no iteration count to tune). Above, conjugate gradient with
+  Up to ``_DENSE_SOLVE_MAX`` unknowns :math:`S` is materialised and
+  LU-factorised (exact, no iteration count to tune). Above, conjugate gradient with
   the preconditioner of :func:`_path_preconditioner`: 5 to 10 iterations
   for :math:`\varepsilon` from 0.1 to :math:`10^{-5}` at
   :math:`n = m = 1000` (without it: 8 at the default :math:`10^{-2}`, 69 at
@@ -408,7 +612,7 @@ def _adjoint_solve(plan: jax.Array, hf: jax.Array, hg: jax.Array, z: jax.Array) 
   n, m = plan.shape
   transposed = m > n
   if transposed:  # Eliminate the larger side; the system is symmetric.
-    plan, hf, hg = plan.T, hg, hf
+    plan = plan.T
   r = jnp.sum(plan, axis=1)
   c = jnp.sum(plan, axis=0)
   # Rows with r_i == 0 cannot happen for finite inputs (exp of finite).
@@ -423,7 +627,6 @@ def _adjoint_solve(plan: jax.Array, hf: jax.Array, hg: jax.Array, z: jax.Array) 
   # solve finite; it only damps modes whose cross mass is below float
   # rounding, and the loss gradient along those is as small.
   ridge = 16 * float(jnp.finfo(plan.dtype).eps) * (jnp.max(c) + rho * size)
-  rhs = hg - (hf / r) @ plan
 
   if size <= _DENSE_SOLVE_MAX:
     # S from the off-diagonal weights: c_j - W_jj = sum_{k != j} W_jk
@@ -432,8 +635,8 @@ def _adjoint_solve(plan: jax.Array, hf: jax.Array, hg: jax.Array, z: jax.Array) 
     # gauge-fixed S singular: inf/NaN.
     w = (plan.T / r) @ plan
     w = w * (1.0 - jnp.eye(size, dtype=w.dtype))
-    schur = jnp.diag(jnp.sum(w, axis=1) + ridge) - w + rho
-    mu = jnp.linalg.solve(schur, rhs)
+    factors = jax.scipy.linalg.lu_factor(jnp.diag(jnp.sum(w, axis=1) + ridge) - w + rho)
+    schur_solve = functools.partial(jax.scipy.linalg.lu_solve, factors)
   else:
     # The S side in increasing order: the targets already are, the inputs
     # (eliminated last when there are more targets) are sorted.
@@ -443,13 +646,20 @@ def _adjoint_solve(plan: jax.Array, hf: jax.Array, hg: jax.Array, z: jax.Array) 
       return c * v - ((plan @ v) / r) @ plan + rho * jnp.sum(v) + ridge * v
 
     precondition = _path_preconditioner(plan, r, c, rho, ridge, order)
-    mu, _ = jax.scipy.sparse.linalg.cg(
-      schur_apply, rhs, M=precondition, tol=_CG_TOL[np.dtype(plan.dtype)], maxiter=_CG_MAX_ITERATIONS
-    )
-  lam = (hf - plan @ mu) / r
-  if transposed:
-    lam, mu = mu, lam
-  return lam, mu
+
+    def schur_solve(rhs):
+      return jax.scipy.sparse.linalg.cg(
+        schur_apply, rhs, M=precondition, tol=_CG_TOL[np.dtype(plan.dtype)], maxiter=_CG_MAX_ITERATIONS
+      )[0]
+
+  def solve(hf, hg):
+    if transposed:
+      hf, hg = hg, hf
+    mu = schur_solve(hg - (hf / r) @ plan)
+    lam = (hf - plan @ mu) / r
+    return (mu, lam) if transposed else (lam, mu)
+
+  return solve
 
 
 def _path_preconditioner(plan, r, c, rho, floor, order):
