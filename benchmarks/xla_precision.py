@@ -11,13 +11,15 @@ one call on the three rows).
 The epsilons are 1 for the scores, and for the sort n / 8 on the normals and n on the +-1e20 row, so that blocks
 grow large and every merge path runs.
 
-To measure an earlier version, run it from a checkout of that commit (``git worktree add``). n = 1e7 takes
+``--isotonic-xla FILE`` measures another version of ``otsort/pav/_isotonic_xla.py`` in its place (an earlier
+commit's: ``git show COMMIT:otsort/pav/_isotonic_xla.py > FILE``), against the same native kernel. n = 1e7 takes
 minutes per call on a CPU core: the PAV loop is sequential.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 
 import jax
@@ -56,15 +58,29 @@ def ulps_of_row_scale(got: np.ndarray, want: np.ndarray) -> np.ndarray:
   return np.abs(got - want).max(axis=-1) / (EPS32 * np.abs(want).max(axis=-1))
 
 
+def use_isotonic_xla(path: str) -> None:
+  """Routes ``impl="xla"`` to the solvers of the module at ``path``."""
+  from otsort.pav import _isotonic_xla
+
+  spec = importlib.util.spec_from_file_location("isotonic_xla_under_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  _isotonic_xla.scores, _isotonic_xla.sort = module.scores, module.sort
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.xla_precision", description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="1e5,1e6,1e7", help="comma-separated row lengths (default 1e5,1e6,1e7)")
   parser.add_argument("--regularizations", default="l2,kl", help="comma-separated subset of l2,kl")
   parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+  parser.add_argument("--isotonic-xla", metavar="FILE", help="measure this version of otsort/pav/_isotonic_xla.py")
   args = parser.parse_args(argv)
   if jax.config.jax_enable_x64:
     raise SystemExit("run without JAX_ENABLE_X64: with 64-bit types the pure-JAX path computes float32 in float64")
-  print(f"pure-JAX PAV vs native, float32, jax {jax.__version__} on {jax.devices()[0].device_kind}")
+  if args.isotonic_xla:
+    use_isotonic_xla(args.isotonic_xla)
+  solver = f", pure-JAX solver from {args.isotonic_xla}" if args.isotonic_xla else ""
+  print(f"pure-JAX PAV vs native, float32, jax {jax.__version__} on {jax.devices()[0].device_kind}{solver}")
   print(f"\n| n | reg | op | {' | '.join(f'{r}: ulps' for r in ROWS)} | all-equal top-3 sum | xla s (compile + run) |")
   print("|---|---|---|" + "---|" * len(ROWS) + "---|---|")
   for n in (int(float(s)) for s in args.sizes.split(",")):

@@ -16,8 +16,9 @@ float32, 1e-300 to 1e300 in float64), epsilons, ties and non-finite entries:
 - bad arguments raise a ``TypeError`` or ``ValueError`` whose message names the argument, eagerly and under
   ``jit``.
 
-Known library bugs stay asserted: the configurations they affect are ``xfail(strict=True)`` with the bug and a
-one-line reproducer as the reason, so that a fix turns them into failures until the mark is removed.
+Bugs this module found are kept as regression rows (``_REGRESSIONS``): each configuration a bug affected checks
+its reproducer first, whatever examples hypothesis draws (its draws change between versions even when
+derandomized).
 
 Cost model: the module's time is XLA compiles, one per (function, backend, options, dtype, shape). Every value
 test therefore runs on one fixed shape ``[ROWS, N]`` with fixed static arguments (``K``, ``Q``), passes
@@ -251,15 +252,15 @@ def _x_gradient_representable(config, x: np.ndarray, epsilon: np.ndarray) -> np.
   return bound < big
 
 
-# Real bugs (issue 14, item 1), kept as strict expected failures of the configurations they affect, of an
-# AssertionError (an error elsewhere in the test is not taken for the bug): a fix makes the test pass, and
-# strict=True then fails it, so that the mark is removed.
+# Bugs found by this module (issue 14, item 1), each with the row and epsilon that reproduced it, all fixed by
+# computing in the units of x instead of forming x / epsilon (pav_core.h, _isotonic_xla.py) and by the sinkhorn
+# reduced cost's exact zeros on the monotone support (sinkhorn/_transport.py). Before the fix:
 _OVERFLOW_XLA_F32 = (
-  "x / epsilon overflows float32 in the pure-JAX solver: otsort.ranks(jnp.array([[1e31, -1e31, 0.]]),"
+  "x / epsilon overflowed float32 in the pure-JAX solver: otsort.ranks(jnp.array([[1e31, -1e31, 0.]]),"
   " epsilon=1e-8, impl='xla') -> [[nan nan 1.]] (topk_mask likewise)"
 )
 _OVERFLOW_F64 = (
-  "x / epsilon overflows float64 (native and xla): under x64, otsort.ranks(np.array([[1e300, -1e300, 0.]]),"
+  "x / epsilon overflowed float64 (native and xla): under x64, otsort.ranks(np.array([[1e300, -1e300, 0.]]),"
   " epsilon=1e-300) -> [[nan nan 1.]] (topk_mask likewise)"
 )
 _SINKHORN_QUANTILE_TINY_EPSILON = (
@@ -267,29 +268,31 @@ _SINKHORN_QUANTILE_TINY_EPSILON = (
   " -1.000002e-20, -1e-20, -1.000001e-20, -1e-20]]); otsort.quantile(x, [0., .3, .5, 1.], epsilon=6.24e-21,"
   " backend='sinkhorn') -> [[-1e-20 nan -1e-20 -1e-20]]"
 )
+_OVERFLOW_XLA_F32_KL = (
+  "x / epsilon overflowed float32 in the pure-JAX KL solver: otsort.ranks(jnp.full((1, 8), -1e35), epsilon=4.4e-6,"
+  " impl='xla', regularization='kl') -> all -1 (native: 3.5) with a NaN x-gradient (topk_mask likewise)"
+)
 
-
-# Each bug's reproducer as a row [N] and its epsilon: a configuration marked with a bug checks it first, so the
-# strict expected failure does not depend on which examples hypothesis happens to draw (its draws change between
-# versions even when derandomized).
-_REPRODUCERS = {
+# Each bug's reproducer as a row [N] and its epsilon.
+_REGRESSIONS = {
   _OVERFLOW_XLA_F32: ([1e31, -1e31] + [0.0] * (N - 2), 1e-8),
   _OVERFLOW_F64: ([1e300, -1e300] + [0.0] * (N - 2), 1e-300),
   _SINKHORN_QUANTILE_TINY_EPSILON: (
     [-1.000002e-20, -9.99998e-21, -1e-20, -1e-20, -1.000002e-20, -1e-20, -1.000001e-20, -1e-20],
     6.24e-21,
   ),
+  _OVERFLOW_XLA_F32_KL: ([-1e35] * N, 4.4e-6),
 }
 
 
-def _check_reproducer(config, bug: str | None, check) -> None:
+def _check_regression(config, bug: str | None, check) -> None:
   if bug is not None:
-    row, epsilon = _REPRODUCERS[bug]
+    row, epsilon = _REGRESSIONS[bug]
     dtype = np.dtype(config[3])
     check(config, np.tile(np.asarray(row, dtype), (ROWS, 1)), np.full(ROWS, epsilon, dtype))
 
 
-def _finite_bug(config) -> str | None:
+def _finite_regression(config) -> str | None:
   op, backend, options, dtype = config
   options = dict(options)
   if backend == "pav" and op in ("ranks", "topk_mask"):
@@ -302,17 +305,12 @@ def _finite_bug(config) -> str | None:
   return None
 
 
-def _with_bug(config, bug: str | None):
-  marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=bug)] if bug else []
-  return pytest.param(config, marks=marks, id=_config_id(config))
-
-
-@pytest.mark.parametrize("config", [_with_bug(c, _finite_bug(c)) for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
 @_settings(max_examples=20)
 @hypothesis.given(data=st.data())
 def test_finite_inputs_give_finite_values_and_gradients(config, data):
   dtype = config[3]
-  _check_reproducer(config, _finite_bug(config), _assert_finite)
+  _check_regression(config, _finite_regression(config), _assert_finite)
   x = data.draw(finite_rows(dtype), label="x")
   epsilon = data.draw(epsilons(dtype), label="epsilon")
   _assert_finite(config, x, epsilon)
@@ -381,27 +379,22 @@ def _is_kl(options: tuple) -> bool:
   return dict(options).get("regularization") == "kl"
 
 
-_OVERFLOW_XLA_F32_KL = (
-  "x / epsilon overflows float32 in the pure-JAX KL solver: otsort.ranks(jnp.full((1, 8), -1e35), epsilon=4.4e-6,"
-  " impl='xla', regularization='kl') -> all -1 (native: 3.5) with a NaN x-gradient (topk_mask likewise)"
-)
-
-
-_REPRODUCERS[_OVERFLOW_XLA_F32_KL] = ([-1e35] * N, 4.4e-6)
-
-
-def _agree_bug(config) -> str | None:
+def _agree_regression(config) -> str | None:
   op, _, options, dtype = config
-  return _OVERFLOW_XLA_F32_KL if op in ("ranks", "topk_mask") and dtype == "float32" and _is_kl(options) else None
+  if op not in ("ranks", "topk_mask"):
+    return None
+  if dtype == "float64":
+    return _OVERFLOW_F64
+  return _OVERFLOW_XLA_F32_KL if _is_kl(options) else _OVERFLOW_XLA_F32
 
 
 @pytest.mark.parametrize(
-  "config", [_with_bug(c, _agree_bug(c)) for c in CONFIGS if c[1] == "pav" and c[0] in CORE and c[2][0][1] == "xla"]
+  "config", [c for c in CONFIGS if c[1] == "pav" and c[0] in CORE and c[2][0][1] == "xla"], ids=_config_id
 )
 @_settings(max_examples=20)
 @hypothesis.given(data=st.data())
 def test_native_kernel_and_pure_jax_agree(config, data):
-  _check_reproducer(config, _agree_bug(config), _assert_agree)
+  _check_regression(config, _agree_regression(config), _assert_agree)
   x = data.draw(finite_rows(config[3]), label="x")
   epsilon = data.draw(epsilons(config[3], -8, 8), label="epsilon")
   _assert_agree(config, x, epsilon)

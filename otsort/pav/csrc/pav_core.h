@@ -13,6 +13,13 @@
 // So block values are never formed as one number: two blocks are compared through the differences
 // a-part(p) - a-part(c) versus b-part(p) - b-part(c), each taken within its own scale, and the solution is
 // written as (a_i - center(a_B)) + center(b_B). Log-sum-exps are kept as (max, log of the rest) pairs.
+// Units: a = u / epsilon is never formed either (u = x for the scores, rho for the sort): it overflows a double
+// (1e300 / 1e-300) where the projection is finite. Block statistics of the a side are kept in the units of u, and
+// only differences within a block or between two adjacent blocks meet epsilon; a quotient that overflows is a
+// difference far beyond every other term of its comparison, and its infinity decides the comparison the way the
+// limit does. Rows with |x| above a quarter of the double range are scaled by a power of two first, so that no
+// difference of two x's overflows, and the scores' rows with |x| below 1 into [1, 2), so that none goes
+// subnormal. The pure-JAX twin (_isotonic_xla.py) uses the same formulation.
 //
 // Ties: adjacent blocks with EQUAL values are pooled, as in the reference implementation of the paper
 // (google-research/fast-soft-sort) and torchsort. The values do not change, but the blocks, and so the
@@ -49,40 +56,45 @@ OTSORT_HD bool pooled(double da, double db) {
   return da - db <= tolerance;
 }
 
-// Quadratic regularization: block statistics are means. They are merged as weighted averages, not kept as sums:
-// a block of equal values then has exactly that value as its mean (a sum of huge equal values would round, and
-// a_i - mean(a_B) would be the rounding error instead of 0).
+// Quadratic regularization: block statistics are means, the a side's in the units of u (a = u / epsilon). They are
+// merged as weighted averages, not kept as sums: a block of equal values then has exactly that value as its mean
+// (a sum of huge equal values would round, and u_i - mean(u_B) would be the rounding error instead of 0).
 struct L2 {
   static constexpr bool kLogDomain = false;
 
   struct Stats {
-    double mean_a;
+    double mean_u;
     double mean_b;
     int32_t count;
   };
 
-  OTSORT_HD static Stats make(double a, double b) { return {a, b, 1}; }
+  OTSORT_HD static Stats make(double u, double b) { return {u, b, 1}; }
 
   OTSORT_HD static Stats merge(const Stats& p, const Stats& c) {
     const int32_t count = p.count + c.count;
     const double share = static_cast<double>(c.count) / count;
-    return {p.mean_a + (c.mean_a - p.mean_a) * share, p.mean_b + (c.mean_b - p.mean_b) * share, count};
+    return {p.mean_u + (c.mean_u - p.mean_u) * share, p.mean_b + (c.mean_b - p.mean_b) * share, count};
   }
 
   // True when the block before (p) has a value no larger than the block after (c): v must strictly decrease.
-  OTSORT_HD static bool violated(const Stats& p, const Stats& c) {
-    return pooled(p.mean_a - c.mean_a, p.mean_b - c.mean_b);
+  // (mean_u(p) - mean_u(c)) / epsilon against mean_b(p) - mean_b(c), compared as du against epsilon * db; the
+  // latter overflows only far beyond du (b is w or x, which never decrease along the blocks here): pooled.
+  OTSORT_HD static bool violated(const Stats& p, const Stats& c, double epsilon) {
+    const double scaled_db = epsilon * (p.mean_b - c.mean_b);
+    return scaled_db == INFINITY || pooled(p.mean_u - c.mean_u, scaled_db);
   }
 
   // When p and *c violate the order, *c becomes their union.
-  OTSORT_HD static bool pool_if_violated(const Stats& p, Stats* c) {
-    if (!violated(p, *c)) return false;
+  OTSORT_HD static bool pool_if_violated(const Stats& p, Stats* c, double epsilon) {
+    if (!violated(p, *c, epsilon)) return false;
     *c = merge(p, *c);
     return true;
   }
 
-  // a_i - v_B, in the sorted domain.
-  OTSORT_HD static double solution(double a, const Stats& s) { return (a - s.mean_a) + s.mean_b; }
+  // a_i - v_B, in the sorted domain: exactly b_i on a one-element block.
+  OTSORT_HD static double solution(double u, const Stats& s, double epsilon) {
+    return (u - s.mean_u) / epsilon + s.mean_b;
+  }
 };
 
 // log(sum(exp(.))) of a block, as max + log_rest with log_rest in [0, log n].
@@ -93,25 +105,26 @@ struct LogSumExp {
 
 OTSORT_HD LogSumExp lse_leaf(double x) { return {x, 0.0}; }
 
-OTSORT_HD LogSumExp lse_merge(const LogSumExp& x, const LogSumExp& y) {
+// The log-sum-exp of the union of two blocks, for terms u / epsilon with x and y kept in the units of u (the
+// maxima in u units, log_rest natural).
+OTSORT_HD LogSumExp lse_merge(const LogSumExp& x, const LogSumExp& y, double epsilon) {
   // log(0) = -inf stands for an empty sum (a zero in the top-k target); -inf - -inf would be NaN.
   if (x.max == -INFINITY) return y;
   if (y.max == -INFINITY) return x;
   const double m = x.max > y.max ? x.max : y.max;
-  const double u = (x.max - m) + x.log_rest;
-  const double w = (y.max - m) + y.log_rest;
+  const double u = (x.max - m) / epsilon + x.log_rest;
+  const double w = (y.max - m) / epsilon + y.log_rest;
   const double hi = u > w ? u : w;
   const double lo = u > w ? w : u;
   return {m, hi + log1p(exp(lo - hi))};
 }
 
-// x - y for two log-sum-exps, differences of maxima taken first.
-OTSORT_HD double lse_diff(const LogSumExp& x, const LogSumExp& y) {
-  return (x.max - y.max) + (x.log_rest - y.log_rest);
+// x - y for two log-sum-exps in u units, natural units out, differences of maxima taken first.
+OTSORT_HD double lse_diff(const LogSumExp& x, const LogSumExp& y, double epsilon) {
+  return (x.max - y.max) / epsilon + (x.log_rest - y.log_rest);
 }
 
-
-// Entropic (KL) regularization: block statistics are log-sum-exps.
+// Entropic (KL) regularization: block statistics are log-sum-exps, the a side's in the units of u.
 struct KL {
   static constexpr bool kLogDomain = true;
 
@@ -120,85 +133,94 @@ struct KL {
     LogSumExp b;
   };
 
-  OTSORT_HD static Stats make(double a, double b) { return {lse_leaf(a), lse_leaf(b)}; }
+  OTSORT_HD static Stats make(double u, double b) { return {lse_leaf(u), lse_leaf(b)}; }
 
-  OTSORT_HD static Stats merge(const Stats& p, const Stats& c) {
-    return {lse_merge(p.a, c.a), lse_merge(p.b, c.b)};
+  OTSORT_HD static Stats merge(const Stats& p, const Stats& c, double epsilon) {
+    return {lse_merge(p.a, c.a, epsilon), lse_merge(p.b, c.b, 1.0)};
   }
 
-  OTSORT_HD static bool violated(const Stats& p, const Stats& c) {
-    return pooled(lse_diff(p.a, c.a), lse_diff(p.b, c.b));
+  OTSORT_HD static bool violated(const Stats& p, const Stats& c, double epsilon) {
+    return pooled(lse_diff(p.a, c.a, epsilon), lse_diff(p.b, c.b, 1.0));
   }
 
-  OTSORT_HD static bool pool_if_violated(const Stats& p, Stats* c) {
-    if (!violated(p, *c)) return false;
-    *c = merge(p, *c);
+  OTSORT_HD static bool pool_if_violated(const Stats& p, Stats* c, double epsilon) {
+    if (!violated(p, *c, epsilon)) return false;
+    *c = merge(p, *c, epsilon);
     return true;
   }
 
   // a_i - v_B, the projection in the log domain.
-  OTSORT_HD static double solution(double a, const Stats& s) {
-    return ((a - s.a.max) - s.a.log_rest) + (s.b.max + s.b.log_rest);
+  OTSORT_HD static double solution(double u, const Stats& s, double epsilon) {
+    return ((u - s.a.max) / epsilon - s.a.log_rest) + (s.b.max + s.b.log_rest);
   }
 };
 
 // KL for the scores projection, where the target side is a plain vector w (rho or the top-k ones) and the score
-// side a is sorted in decreasing order, so a block's largest a is its first. Blocks keep plain sums: W = sum_B w
-// and S = sum_B exp(a - a_first), so LSE_B(a) = a_first + log S and LSE_B(log w) = log W. Two blocks are compared
-// through the ratio of exp(values), S_p W_c / (S_c W_p e) against 1 with e = exp(a_first(c) - a_first(p)): one
-// exp per comparison, reused by the merge, and no log, where the generic KL takes an exp and a log1p per side and
-// merge. Within kRatioBand of a tie the values are formed with logs and compared by the common rule (pooled), so
-// ties are decided as everywhere else: the band is far wider than the ratio's rounding and than any tie tolerance
-// that can matter (|LSE_B(log w) differences| <= 2 log n, so a tie has |da| + |db| <= 4 log n).
+// side a = x / epsilon is sorted in decreasing order, so a block's largest x is its first. Blocks keep plain sums:
+// W = sum_B w and S = sum_B exp((x - x_first) / epsilon), so LSE_B(a) = x_first / epsilon + log S and
+// LSE_B(log w) = log W. Two blocks are compared through the ratio of exp(values), S_p W_c / (S_c W_p e) against 1
+// with e = exp((x_first(c) - x_first(p)) / epsilon): one exp per comparison, reused by the merge, and no log, where
+// the generic KL takes an exp and a log1p per side and merge. Within kRatioBand of a tie the values are formed with
+// logs and compared by the common rule (pooled), so ties are decided as everywhere else: the band is far wider than
+// the ratio's rounding and than any tie tolerance that can matter (|LSE_B(log w) differences| <= 2 log n, so a tie
+// has |da| + |db| <= 4 log n).
 struct KLScores {
   static constexpr bool kLogDomain = true;
   static constexpr double kRatioBand = 1e-9;
 
   struct Stats {
-    double a_first;  // the block's first (largest) a
-    double a_sum;    // sum_B exp(a - a_first), >= 1
+    double x_first;  // the block's first (largest) x
+    double a_sum;    // sum_B exp((x - x_first) / epsilon), >= 1
     double w_sum;    // sum_B w, >= 0
   };
 
-  OTSORT_HD static Stats make(double a, double w) { return {a, 1.0, w}; }
+  OTSORT_HD static Stats make(double x, double w) { return {x, 1.0, w}; }
 
-  OTSORT_HD static bool pool_if_violated(const Stats& p, Stats* c) {
-    const double e = exp(c->a_first - p.a_first);
-    const double lhs = p.a_sum * c->w_sum;      // value(p) <= value(c)  <=>  lhs <= rhs
-    const double rhs = p.w_sum * c->a_sum * e;
+  OTSORT_HD static bool pool_if_violated(const Stats& p, Stats* c, double epsilon) {
+    const double e = exp((c->x_first - p.x_first) / epsilon);
     bool violated;
-    if (lhs > 0 && rhs > 0 && lhs <= DBL_MAX && rhs <= DBL_MAX && !(fabs(lhs - rhs) <= kRatioBand * rhs)) {
-      violated = lhs < rhs;
+    if (c->w_sum == 0) {
+      // A zero target (top-k) has value +inf: pooled into a block with a target, never into another zero block
+      // (the fallback below would agree, but for x_first differences whose quotient overflows: inf - inf).
+      violated = p.w_sum > 0;
     } else {
-      const double da = (p.a_first - c->a_first) + (log(p.a_sum) - log(c->a_sum));
-      violated = pooled(da, log(p.w_sum) - log(c->w_sum));
+      const double lhs = p.a_sum * c->w_sum;  // value(p) <= value(c)  <=>  lhs <= rhs
+      const double rhs = p.w_sum * c->a_sum * e;
+      if (lhs > 0 && rhs > 0 && lhs <= DBL_MAX && rhs <= DBL_MAX && !(fabs(lhs - rhs) <= kRatioBand * rhs)) {
+        violated = lhs < rhs;
+      } else {
+        const double da = (p.x_first - c->x_first) / epsilon + (log(p.a_sum) - log(c->a_sum));
+        violated = pooled(da, log(p.w_sum) - log(c->w_sum));
+      }
     }
     if (!violated) return false;
-    // a_first(p) >= a_first(c) in sorted order; the other case keeps the sums finite too.
+    // x_first(p) >= x_first(c) in sorted order; the other case keeps the sums finite too.
     if (e <= 1.0) {
-      *c = {p.a_first, p.a_sum + c->a_sum * e, p.w_sum + c->w_sum};
+      *c = {p.x_first, p.a_sum + c->a_sum * e, p.w_sum + c->w_sum};
     } else {
-      *c = {c->a_first, p.a_sum / e + c->a_sum, p.w_sum + c->w_sum};
+      *c = {c->x_first, p.a_sum / e + c->a_sum, p.w_sum + c->w_sum};
     }
     return true;
   }
 
-  // The projection itself (not its log): exp(a - LSE_B(a) + LSE_B(log w)) = exp(a - a_first) W / S.
-  OTSORT_HD static double projection(double a, const Stats& s) { return exp(a - s.a_first) * (s.w_sum / s.a_sum); }
+  // The projection itself (not its log): exp(a - LSE_B(a) + LSE_B(log w)) = exp((x - x_first) / epsilon) W / S.
+  OTSORT_HD static double projection(double x, const Stats& s, double epsilon) {
+    return exp((x - s.x_first) / epsilon) * (s.w_sum / s.a_sum);
+  }
 };
 
-// Pool Adjacent Violators on the sequences a(i), b(i), i = 0..n-1 (any callables).
+// Pool Adjacent Violators on the sequences a(i) = u(i) / epsilon, b(i), i = 0..n-1 (u and b any callables).
 // Writes the blocks as a stack: start[k] is the first position of block k, stats[k] its statistics.
 // Returns the number of blocks. Each position is pushed once and popped at most once: O(n), and a NaN
 // comparison is false, so the loop ends on any input.
-template <class Reg, class SeqA, class SeqB>
-OTSORT_HD int32_t pool_adjacent_violators(int32_t n, const SeqA& a, const SeqB& b, int32_t* start,
+template <class Reg, class SeqU, class SeqB>
+OTSORT_HD int32_t pool_adjacent_violators(int32_t n, const SeqU& u, const SeqB& b, double epsilon, int32_t* start,
                                           typename Reg::Stats* stats) {
   int32_t m = 0;
   for (int32_t i = 0; i < n; ++i) {
-    typename Reg::Stats cur = Reg::make(a(i), b(i));
+    typename Reg::Stats cur = Reg::make(u(i), b(i));
     int32_t cur_start = i;
-    while (m > 0 && Reg::pool_if_violated(stats[m - 1], &cur)) {
+    while (m > 0 && Reg::pool_if_violated(stats[m - 1], &cur, epsilon)) {
       --m;
       cur_start = start[m];
     }
@@ -235,40 +257,70 @@ struct Target {
   }
 };
 
-// P(x / epsilon, w): L2 gives z - v with b = w, KL gives exp(z - v) with b = log(w), z = x / epsilon scaled in
-// double, so no finite x and positive epsilon overflow. out and block are in input order.
+// The largest |x| of a row in decreasing order (its ends).
+template <class T>
+OTSORT_HD double largest_magnitude(int32_t n, const T* sorted) {
+  return fmax(fabs(static_cast<double>(sorted[0])), fabs(static_cast<double>(sorted[n - 1])));
+}
+
+// 1, or 1/4 for a row with |x| above a quarter of the double range, so that no difference of two x's overflows.
+// A float row is never scaled.
+OTSORT_HD double huge_row_scale(double top) { return top > DBL_MAX / 4 ? 0.25 : 1.0; }
+
+// The power of two that brings the largest |x| of a row into [1, 2) from below (at most 2^1000), or 1/4 as above.
+// Tiny rows (|x| near 1e-300) would otherwise leave differences of x's below the smallest normal double, which
+// XLA's flush-to-zero mode turns into 0 (a top-k mask then lost 2e-8 of its mass).
+OTSORT_HD double scores_row_scale(double top) {
+  if (!(top > 0) || top >= 1) return huge_row_scale(top);
+  int exponent;
+  frexp(top, &exponent);  // top = m 2^exponent, m in [0.5, 1)
+  return ldexp(1.0, 1 - exponent < 1000 ? 1 - exponent : 1000);
+}
+
+// P(x / epsilon, w): L2 gives z - v with b = w, KL gives exp(z - v) with b = log(w), z = x / epsilon, in x units
+// (see Units above), so no finite x and positive epsilon overflow. P depends on x / epsilon only, so a row scaled
+// by a power of two (scores_row_scale) is projected with epsilon scaled alike. out and block are in input order.
 // KL runs as KLScores here (plain target sums); `stats` has room for it, as KLScores::Stats is no larger.
 template <class Reg, class T>
 OTSORT_HD void project_scores_row(int32_t n, const T* sorted, const int32_t* perm, double epsilon, Target w,
                                   int32_t* start, typename Reg::Stats* stats, T* out, int32_t* block) {
-  auto a = [&](int32_t i) { return static_cast<double>(sorted[i]) / epsilon; };
+  if (n == 0) return;
+  const double scale = scores_row_scale(largest_magnitude(n, sorted));
+  const double eps = fmin(fmax(epsilon * scale, DBL_MIN), DBL_MAX);
+  auto x = [&](int32_t i) { return static_cast<double>(sorted[i]) * scale; };
   if constexpr (Reg::kLogDomain) {
     static_assert(sizeof(KLScores::Stats) <= sizeof(typename Reg::Stats), "the stack must hold KLScores");
     auto* s = reinterpret_cast<KLScores::Stats*>(stats);
-    const int32_t m = pool_adjacent_violators<KLScores>(n, a, w, start, s);
+    const int32_t m = pool_adjacent_violators<KLScores>(n, x, w, eps, start, s);
     for_each_position<KLScores>(n, m, start, s, [&](int32_t i, int32_t block_start, const KLScores::Stats& b) {
-      out[perm[i]] = static_cast<T>(KLScores::projection(a(i), b));
+      out[perm[i]] = static_cast<T>(KLScores::projection(x(i), b, eps));
       block[perm[i]] = block_start;
     });
   } else {
-    const int32_t m = pool_adjacent_violators<Reg>(n, a, w, start, stats);
+    const int32_t m = pool_adjacent_violators<Reg>(n, x, w, eps, start, stats);
     for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
-      out[perm[i]] = static_cast<T>(Reg::solution(a(i), s));
+      out[perm[i]] = static_cast<T>(Reg::solution(x(i), s, eps));
       block[perm[i]] = block_start;
     });
   }
 }
 
-// Soft sort, P(rho / epsilon, s) for the row s: rho / epsilon projected onto the permutahedron of s.
-// out and block_out are in sorted order, block_in in input order.
+// Soft sort, P(rho / epsilon, s) for the row s: rho / epsilon projected onto the permutahedron of s, in rho units.
+// L2 scales a row with huge values: P(rho / epsilon, s) = P(rho / (epsilon / c), c s) / c. (KL has no difference
+// of two x's outside a log-sum-exp's max, which stays within the row's range.)
+// out and block_out are in sorted order, block_in in input order. `out` may be `sorted` itself: sorted[i] is read
+// only before out[i] is written (the pooling pass and largest_magnitude read it; the emit pass does not).
 template <class Reg, class T>
 OTSORT_HD void project_sort_row(int32_t n, const T* sorted, const int32_t* perm, double epsilon, int32_t* start,
                                 typename Reg::Stats* stats, T* out, int32_t* block_in, int32_t* block_out) {
-  auto a = [&](int32_t i) { return static_cast<double>(n - i) / epsilon; };
-  auto b = [&](int32_t i) { return static_cast<double>(sorted[i]); };
-  const int32_t m = pool_adjacent_violators<Reg>(n, a, b, start, stats);
+  if (n == 0) return;
+  const double scale = Reg::kLogDomain ? 1.0 : huge_row_scale(largest_magnitude(n, sorted));
+  const double eps = fmin(epsilon / scale, DBL_MAX);
+  auto rho = [&](int32_t i) { return static_cast<double>(n - i); };
+  auto b = [&](int32_t i) { return static_cast<double>(sorted[i]) * scale; };
+  const int32_t m = pool_adjacent_violators<Reg>(n, rho, b, eps, start, stats);
   for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
-    out[i] = static_cast<T>(Reg::solution(a(i), s));
+    out[i] = static_cast<T>(Reg::solution(rho(i), s, eps) / scale);
     block_out[i] = block_start;
     block_in[perm[i]] = block_start;
   });
