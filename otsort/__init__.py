@@ -12,7 +12,8 @@ The whole API:
   :class:`Pav` or :class:`Sinkhorn` (each with ``default_epsilon``); :class:`TargetMeasure`, a custom target
   measure for the sinkhorn ``sort``, ``ranks`` and ``sort_with``;
 - :mod:`otsort.losses` (Spearman correlation and boosting objectives, soft classification errors) and
-  :mod:`otsort.filters` (soft quantile and median filters for images).
+  :mod:`otsort.filters` (soft quantile and median filters for images), :mod:`otsort.rax` (soft ``rank_fn`` and
+  ``cutoff_fn`` for rax's ranking metrics).
 
 Example:
   >>> import otsort
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports the same names lazily
   from otsort import filters
   from otsort import losses
+  from otsort import rax
   from otsort._api import quantile
   from otsort._api import quantile_normalization
   from otsort._api import quantize
@@ -61,6 +63,7 @@ _WHERE = {
   "quantile": "otsort._api",
   "quantile_normalization": "otsort._api",
   "quantize": "otsort._api",
+  "rax": None,
   "ranks": "otsort._api",
   "sort": "otsort._api",
   "sort_with": "otsort._api",

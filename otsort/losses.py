@@ -1,4 +1,5 @@
-r"""Differentiable losses built on soft ranks: Spearman correlation and soft (top-k) classification errors.
+r"""Differentiable losses built on soft ranks: Spearman correlation, soft (top-k) classification errors, and
+ranking losses (NDCG, average precision, recall@k) for learning to rank.
 
 Conventions, as in ``optax.losses``: inputs are batch-first; the scores of one example (the values to rank) lie
 along ``axis`` (the last by default); losses are returned per example, and the caller averages them. Every
@@ -34,6 +35,9 @@ __all__ = [
   "spearman_boosting_objective",
   "soft_error",
   "soft_topk_error",
+  "ndcg_loss",
+  "ap_loss",
+  "recall_loss",
 ]
 
 _HESSIANS = ("diagonal", "constant")
@@ -771,3 +775,343 @@ def soft_error(
     Cuturi, Teboul, Vert, "Differentiable Ranks and Sorting using Optimal Transport", NeurIPS 2019.
   """
   return soft_topk_error(logits, labels, 1, axis=axis, epsilon=epsilon, backend=backend, **options)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ranking (learning to rank): NDCG, average precision, recall@k
+#
+# Conventions of rax (and optax's ranking losses): ``scores`` and ``labels`` are ``[..., n]``, one list of n items
+# per row along the last axis; an item is relevant when its label is >= 1; ``where`` marks the valid items;
+# ``reduce_fn`` reduces the per-list values over the lists that hold at least one valid item.
+
+
+def _ranking_inputs(
+  scores: Any, labels: Any, where: Any, weights: Any
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+  """(scores, labels, valid, weights) checked: real arrays ``[..., n]`` of one shape, ``where`` boolean."""
+  scores = _checks.as_array("scores", scores)
+  _checks.check_real_dtype("scores", scores.dtype)
+  if scores.ndim == 0:
+    raise ValueError("scores must have a list axis (the last), [..., n]; got a scalar")
+  dtype = _checks.float_dtypes(scores.dtype, "scores")[0]
+  scores = scores.astype(dtype)
+  labels = _checks.as_array("labels", labels)
+  _checks.check_real_dtype("labels", labels.dtype)
+  if labels.shape != scores.shape:
+    raise ValueError(f"labels must have scores' shape {scores.shape}; got labels.shape = {labels.shape}")
+  labels = labels.astype(dtype)
+  if where is None:
+    valid = jnp.ones(scores.shape, bool)
+  else:
+    valid = _checks.as_array("where", where)
+    if valid.dtype != jnp.bool_:
+      raise TypeError(f"where must be a boolean array (True: a valid item); got dtype {valid.dtype}")
+    if valid.shape != scores.shape:
+      raise ValueError(f"where must have scores' shape {scores.shape}; got where.shape = {valid.shape}")
+  if weights is not None:
+    weights = _checks.as_array("weights", weights)
+    _checks.check_real_dtype("weights", weights.dtype)
+    try:
+      weights = jnp.broadcast_to(weights, scores.shape).astype(dtype)
+    except ValueError:
+      raise ValueError(
+        f"weights must be broadcastable to scores' shape {scores.shape}; got weights.shape = {weights.shape}"
+      ) from None
+  return scores, labels, valid, weights
+
+
+def _check_topn(topn: Any, *, required: bool = False) -> int | None:
+  if topn is None and not required:
+    return None
+  return _checks.check_int("topn", topn, low=1)
+
+
+def _check_reduce_fn(reduce_fn: Any) -> Callable | None:
+  if reduce_fn is not None and not callable(reduce_fn):
+    raise TypeError(
+      f"reduce_fn must be None or a function such as jnp.mean or jnp.sum; got reduce_fn = {_checks.show(reduce_fn)}"
+    )
+  return reduce_fn
+
+
+def _check_masking_backend(name: str, backend: Any, options: dict, op: str) -> None:
+  """``ValueError`` unless ``backend`` is ``pav``: only its ranks can ignore the masked items exactly."""
+  if _contract.resolve(backend, options, op)[0].name != "pav":
+    raise ValueError(
+      f"{name} needs backend='pav'; got backend={backend!r}. The sinkhorn backend couples every item with every "
+      "target, so masked items would change the valid items' ranks; masks on sinkhorn need the operations' own "
+      "where= argument (coming)"
+    )
+
+
+def _padded_below(scores: jax.Array, valid: jax.Array, epsilon: Any, backend: Any) -> jax.Array:
+  """``scores`` with the invalid items set far below every valid one: more than ``2 (n + 1) epsilon + 1`` below
+  the row's smallest valid score, so that the isotonic problems behind ``pav``'s ranks and top-k masks (L2 and KL)
+  never pool a valid item with an invalid one, and the valid items' results are exactly those of the valid items
+  alone (see :func:`_soft_ranks_padded`, which pads above). The padding carries no gradient."""
+  n = scores.shape[-1]
+  eps = _checks.epsilon_array(_default_epsilon(backend, epsilon), scores.shape[:-1], scores.ndim - 1, scores.dtype)
+  eps = jnp.abs(eps)[..., None]  # one per list, [..., 1]
+  low = jnp.min(jnp.where(valid, scores, jnp.inf), -1, keepdims=True)
+  low = jnp.where(jnp.isfinite(low), low, 0)
+  pad = jax.lax.stop_gradient(low - 2 * (n + 1) * eps - 1)
+  return jnp.where(valid, scores, pad)
+
+
+def _valid_ranks(
+  scores: jax.Array, valid: jax.Array, epsilon: Any, backend: Any, options: dict, masked: bool
+) -> jax.Array:
+  """1-based decreasing soft ranks (rank 1: the highest score) of the valid items among the valid items only;
+  the invalid items' entries are meaningless (callers mask them). ``masked``: whether any item may be invalid
+  (then the backend must be ``pav``)."""
+  if masked:
+    scores = _padded_below(scores, valid, epsilon, backend)
+  return 1 + _api.ranks(scores, descending=True, epsilon=epsilon, backend=backend, **options)
+
+
+def _valid_topk_mask(
+  scores: jax.Array, valid: jax.Array, k: int, epsilon: Any, backend: Any, options: dict, masked: bool
+) -> jax.Array:
+  """The soft mask of the ``k`` highest valid scores among the valid items only (all of them, exactly 1, in a
+  list with at most ``k`` valid items), 0 on invalid items."""
+  n = scores.shape[-1]
+  if k >= n:
+    return valid.astype(scores.dtype)
+  if masked:
+    scores = _padded_below(scores, valid, epsilon, backend)
+  mask = _api.topk_mask(scores, k, epsilon=epsilon, backend=backend, **options)
+  return jnp.where(valid, mask, 0)
+
+
+def _reduce_lists(values: jax.Array, valid: jax.Array, reduce_fn: Callable | None) -> jax.Array:
+  """rax's reduction: over the lists with a valid item; ``None`` keeps ``[...]`` with 0 for the other lists."""
+  lists = jnp.any(valid, -1)
+  if reduce_fn is None:
+    return jnp.where(lists, values, 0)
+  out = reduce_fn(values, where=lists)
+  if reduce_fn is jnp.mean:  # no list with a valid item: 0, not NaN (a NaN among the values stays NaN)
+    out = jnp.where(jnp.any(lists) | jnp.any(jnp.isnan(values)), out, 0)
+  return out
+
+
+def _ranking_setup(name, scores, labels, where, weights, epsilon, backend, reduce_fn, options):
+  scores, labels, valid, weights = _ranking_inputs(scores, labels, where, weights)
+  reduce_fn = _check_reduce_fn(reduce_fn)
+  if where is not None:
+    _check_masking_backend(f"{name}(..., where=...)", backend, options, "ranks")
+  return scores, labels, valid, weights, reduce_fn
+
+
+def ndcg_loss(
+  scores: ArrayLike,
+  labels: ArrayLike,
+  *,
+  where: ArrayLike | None = None,
+  weights: ArrayLike | None = None,
+  topn: int | None = None,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  reduce_fn: Callable[..., jax.Array] | None = jnp.mean,
+  **options: Any,
+) -> jax.Array:
+  r"""Soft NDCG loss: one minus the normalized discounted cumulative gain of soft ranks.
+
+  With :math:`r_\varepsilon(s)` the decreasing soft ranks of the scores, 1-based (rank 1: the highest score),
+  gains :math:`g_i = (2^{y_i} - 1) w_i` and :math:`m_\varepsilon(s)` the soft top-``topn`` mask of the scores
+  (all ones without ``topn``),
+
+  .. math::
+
+    \ell_\varepsilon(s, y) = 1 - \frac{1}{\mathrm{IDCG}} \sum_i \frac{g_i \, m_\varepsilon(s)_i}
+      {\log_2(1 + r_\varepsilon(s)_i)},
+
+  where IDCG, the DCG of the best ordering (the gains sorted in decreasing order, cut at ``topn``), is computed
+  exactly from the labels; a list whose IDCG is 0 (no gain) has NDCG 0, as in rax. As :math:`\varepsilon \to 0`
+  the soft ranks and mask are the hard ones and the loss is ``1 - rax.ndcg_metric`` (NDCG@topn). The loss is
+  ``1 - NDCG`` rather than ``-NDCG`` so that it lies in [0, 1] and is 0 for a perfect ranking; the gradients are
+  the same.
+
+  ``where``: the masked items are ranked after every valid item with a gap that keeps ``pav``'s isotonic problems
+  apart, so the valid items' soft ranks and mask are exactly those of the list of the valid items alone (L2 and
+  KL); ``backend="sinkhorn"`` with ``where`` raises ``ValueError`` (its transport couples every item with every
+  target: masks on it need the operations' own ``where=``, which is coming).
+
+  Args:
+    scores: the scores ``[..., n]``, one list per row (the last axis).
+    labels: relevance labels ``[..., n]`` (graded, e.g. 0 to 4).
+    where: optional boolean mask ``[..., n]`` of the valid items.
+    weights: optional per-item weights of the gains, broadcastable to ``[..., n]``.
+    topn: cut the DCG (and IDCG) at the ``topn`` highest scores: an int >= 1, or ``None`` (no cut).
+    epsilon: regularization strength of the soft ranks and mask, > 0, in the units of the scores; ``None``
+      picks the backend's default (``pav``: 1.0). A number, or one per list (``[...]``).
+    backend: ``"pav"``, ``"sinkhorn"`` or a backend object.
+    reduce_fn: ``jnp.mean`` (default) or ``jnp.sum`` over the lists with a valid item, or ``None``: the
+      per-list losses ``[...]`` (0 for a list without a valid item).
+    **options: backend options, as for :func:`otsort.ranks`.
+
+  Returns:
+    A scalar, or ``[...]`` with ``reduce_fn=None``.
+
+  Example:
+    >>> import otsort
+    >>> scores, labels = [[0.3, 2.0, 1.0]], [[1.0, 2.0, 0.0]]
+    >>> float(otsort.losses.ndcg_loss(scores, labels, epsilon=1e-3))  # 1 - (3 + 1/2) / (3 + 1/log2(3))
+    0.0360...
+    >>> float(otsort.losses.ndcg_loss(scores, labels, epsilon=1.0)) > 0.0361  # soft ranks: a worse NDCG
+    True
+
+  References:
+    Järvelin, Kekäläinen, "Cumulated Gain-Based Evaluation of IR Techniques", ACM TOIS 20(4), 2002.
+    Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020.
+  """
+  scores, labels, valid, weights, reduce_fn = _ranking_setup(
+    "ndcg_loss", scores, labels, where, weights, epsilon, backend, reduce_fn, options
+  )
+  topn = _check_topn(topn)
+  masked = where is not None
+  gains = jnp.power(2.0, labels) - 1
+  if weights is not None:
+    gains = gains * weights
+  ranks = _valid_ranks(scores, valid, epsilon, backend, options, masked)
+  cut = valid.astype(scores.dtype)
+  if topn is not None:
+    cut = _valid_topk_mask(scores, valid, topn, epsilon, backend, options, masked)
+  dcg = jnp.sum(jnp.where(valid, gains * cut / jnp.log2(1 + ranks), 0), -1)
+  # The ideal DCG: the valid gains in decreasing order (the invalid ones last), cut at topn.
+  n = scores.shape[-1]
+  best = -jnp.sort(jnp.where(valid, -gains, jnp.inf), -1)
+  position = jnp.arange(1, n + 1, dtype=scores.dtype)
+  keep = position <= (n if topn is None else topn)
+  ideal = jnp.sum(jnp.where(jnp.isfinite(best) & keep, best / jnp.log2(1 + position), 0), -1)
+  ndcg = dcg / jnp.where(ideal == 0, 1, ideal)
+  return _reduce_lists(1 - ndcg, valid, reduce_fn)
+
+
+def ap_loss(
+  scores: ArrayLike,
+  labels: ArrayLike,
+  *,
+  where: ArrayLike | None = None,
+  topn: int | None = None,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  reduce_fn: Callable[..., jax.Array] | None = jnp.mean,
+  **options: Any,
+) -> jax.Array:
+  r"""Soft average-precision loss: one minus the average precision of soft ranks.
+
+  An item is relevant when its label is >= 1 (:math:`R`, the relevant valid items). With
+  :math:`r_\varepsilon(s)` the decreasing soft ranks of all valid items and :math:`r^R_\varepsilon(s)` those
+  among the relevant items only (both 1-based), the precision at the rank of a relevant item :math:`i` is
+  :math:`r^R_i / r_i` (relevant items at or above :math:`i`, over all items at or above :math:`i`), and
+
+  .. math::
+
+    \ell_\varepsilon(s, y) = 1 - \frac{1}{\max(|R|, 1)} \sum_{i \in R} m_\varepsilon(s)_i \,
+      \frac{r^R_\varepsilon(s)_i}{r_\varepsilon(s)_i},
+
+  with :math:`m_\varepsilon(s)` the soft top-``topn`` mask (all ones without ``topn``). As
+  :math:`\varepsilon \to 0` this is ``1 - rax.ap_metric`` (AP@topn, divided by the number of relevant items, as
+  rax does). Both soft ranks are differentiable (``rax.ap_metric`` with a soft ``rank_fn`` compares ranks with
+  a hard ``>=``, so only its ``1 / r_i`` has a gradient). ``1 - AP`` lies in [0, 1]; its gradients are those of
+  ``-AP``. ``where``: as for :func:`ndcg_loss`, exact. The ranks among the relevant items are those of a masked
+  list, so this loss needs ``backend="pav"`` (``"sinkhorn"`` raises ``ValueError``).
+
+  Args:
+    scores: the scores ``[..., n]``, one list per row (the last axis).
+    labels: relevance labels ``[..., n]``; >= 1 is relevant.
+    where: optional boolean mask ``[..., n]`` of the valid items.
+    topn: count only the ``topn`` highest scores: an int >= 1, or ``None``.
+    epsilon: regularization strength, > 0, in the units of the scores; ``None`` picks the backend's default.
+    backend: ``"pav"`` or a :class:`otsort.Pav` object.
+    reduce_fn: ``jnp.mean`` (default), ``jnp.sum`` or ``None`` (per-list losses ``[...]``), as for
+      :func:`ndcg_loss`.
+    **options: ``pav`` options, as for :func:`otsort.ranks`.
+
+  Returns:
+    A scalar, or ``[...]`` with ``reduce_fn=None``.
+
+  Example:
+    >>> import otsort
+    >>> scores, labels = [[0.3, 2.0, 1.0]], [[1.0, 1.0, 0.0]]
+    >>> float(otsort.losses.ap_loss(scores, labels, epsilon=1e-3))  # 1 - (1/1 + 2/3) / 2
+    0.1666...
+
+  References:
+    Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020.
+  """
+  scores, labels, valid, _, reduce_fn = _ranking_setup(
+    "ap_loss", scores, labels, where, None, epsilon, backend, reduce_fn, options
+  )
+  topn = _check_topn(topn)
+  masked = where is not None
+  relevant = valid & (labels >= 1)
+  _check_masking_backend("ap_loss", backend, options, "ranks")  # the ranks among the relevant items mask the others
+  ranks = _valid_ranks(scores, valid, epsilon, backend, options, masked)
+  relevant_ranks = _valid_ranks(scores, relevant, epsilon, backend, options, True)
+  cut = valid.astype(scores.dtype)
+  if topn is not None:
+    cut = _valid_topk_mask(scores, valid, topn, epsilon, backend, options, masked)
+  precision = jnp.where(relevant, cut * relevant_ranks / ranks, 0)
+  ap = jnp.sum(precision, -1) / jnp.maximum(jnp.sum(relevant, -1), 1)
+  return _reduce_lists(1 - ap, valid, reduce_fn)
+
+
+def recall_loss(
+  scores: ArrayLike,
+  labels: ArrayLike,
+  *,
+  topn: int,
+  where: ArrayLike | None = None,
+  epsilon: ArrayLike | None = None,
+  backend: str | Backend = "pav",
+  reduce_fn: Callable[..., jax.Array] | None = jnp.mean,
+  **options: Any,
+) -> jax.Array:
+  r"""Soft recall@k loss: one minus the fraction of the relevant items inside the soft top-``topn`` mask.
+
+  With :math:`m_\varepsilon(s)` the soft top-k mask of the scores (:func:`otsort.topk_mask`, ``k = topn``) and
+  :math:`R` the relevant valid items (label >= 1),
+
+  .. math::
+
+    \ell_\varepsilon(s, y) = 1 - \frac{1}{\max(|R|, 1)} \sum_{i \in R} m_\varepsilon(s)_i .
+
+  As :math:`\varepsilon \to 0` this is ``1 - rax.recall_metric(..., topn=topn)``; a list with at most ``topn``
+  valid items retrieves all of them (mask exactly 1), a list without a relevant item has recall 0. With
+  ``pav`` and L2 the mask is sparse: exactly 0 or 1 away from the ``topn``-th score, so only items near the
+  boundary get gradients. ``where``: as for :func:`ndcg_loss` (exact on ``pav``; ``ValueError`` on ``sinkhorn``).
+
+  Args:
+    scores: the scores ``[..., n]``, one list per row (the last axis).
+    labels: relevance labels ``[..., n]``; >= 1 is relevant.
+    topn: the cutoff k, an int >= 1 (required).
+    where: optional boolean mask ``[..., n]`` of the valid items.
+    epsilon: regularization strength, > 0, in the units of the scores; ``None`` picks the backend's default.
+    backend: ``"pav"``, ``"sinkhorn"`` or a backend object.
+    reduce_fn: ``jnp.mean`` (default), ``jnp.sum`` or ``None`` (per-list losses ``[...]``), as for
+      :func:`ndcg_loss`.
+    **options: backend options, as for :func:`otsort.topk_mask`.
+
+  Returns:
+    A scalar, or ``[...]`` with ``reduce_fn=None``.
+
+  Example:
+    >>> import otsort
+    >>> scores, labels = [[0.3, 2.0, 1.0, -1.0]], [[1.0, 1.0, 0.0, 0.0]]
+    >>> otsort.losses.recall_loss(scores, labels, topn=2, epsilon=1e-3)  # item 0 is third: recall@2 = 1/2
+    Array(0.5, dtype=float32)
+
+  References:
+    Sander, Puigcerver, Djolonga, Peyré, Blondel, "Fast, Differentiable and Sparse Top-k", ICML 2023.
+    Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", ICML 2020.
+  """
+  scores, labels, valid, _, reduce_fn = _ranking_setup(
+    "recall_loss", scores, labels, where, None, epsilon, backend, reduce_fn, options
+  )
+  topn = _check_topn(topn, required=True)
+  masked = where is not None
+  relevant = valid & (labels >= 1)
+  mask = _valid_topk_mask(scores, valid, topn, epsilon, backend, options, masked)
+  recall = jnp.sum(jnp.where(relevant, mask, 0), -1) / jnp.maximum(jnp.sum(relevant, -1), 1)
+  return _reduce_lists(1 - recall, valid, reduce_fn)

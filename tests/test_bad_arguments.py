@@ -250,6 +250,30 @@ _SWEEP = {
     dict(logits=_X, labels=np.array([1]), axis=-1, epsilon=0.1, backend="pav"),
     {"epsilon"},
   ),
+  "ndcg_loss": (
+    otsort.losses.ndcg_loss,
+    dict(
+      scores=_X,
+      labels=_X,
+      where=np.ones(_X.shape, bool),
+      weights=_X,
+      topn=2,
+      epsilon=0.1,
+      backend="pav",
+      reduce_fn=jnp.mean,
+    ),
+    {"where", "weights", "topn", "epsilon", "reduce_fn"},
+  ),
+  "ap_loss": (
+    otsort.losses.ap_loss,
+    dict(scores=_X, labels=_X, where=np.ones(_X.shape, bool), topn=2, epsilon=0.1, backend="pav", reduce_fn=jnp.sum),
+    {"where", "topn", "epsilon", "reduce_fn"},
+  ),
+  "recall_loss": (
+    otsort.losses.recall_loss,
+    dict(scores=_X, labels=_X, topn=2, where=np.ones(_X.shape, bool), epsilon=0.1, backend="pav", reduce_fn=None),
+    {"where", "epsilon", "reduce_fn"},
+  ),
   "quantile_filter": (
     otsort.filters.quantile_filter,
     dict(image=_IMAGE, q=0.5, size=3, mode="reflect", cval=0.0, epsilon=0.1, backend="pav"),

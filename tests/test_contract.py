@@ -108,6 +108,7 @@ def test_the_public_surface():
     "quantile_normalization",
     "losses",
     "filters",
+    "rax",
   } == set(otsort.__all__)
   assert set(otsort.__all__) <= set(dir(otsort))
   assert otsort.sinkhorn.__all__ == ["Sinkhorn", "TargetMeasure"]
