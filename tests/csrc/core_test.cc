@@ -9,6 +9,10 @@
 //     recomputed from scratch in long double; adjacent blocks of exactly equal value are pooled.
 //   * The block ids are well formed (each id is the sorted position where its block starts) and describe the
 //     reference solution: re-solving each of the core's blocks in long double gives the reference values.
+//   * The chunked PAV (solve_chunk, join_stacks, for_each_position_in; the CPU handler's within-row parallel path)
+//     finds the sequential walk's blocks and its outputs to a few ulps, for chunks of 1, 2, 3, 7, n/2 and n
+//     positions, run in reverse order (as a parallel run may), on the rows the core sees (finite: a row with a NaN
+//     or an infinity never reaches it).
 //   * The projections stay in the permutahedron: the sum of the target is kept, top-k masks (KL: log(0) = -inf
 //     in the target) lie in [0, 1] and sum to k.
 //
@@ -365,6 +369,90 @@ void check_projections(std::mt19937_64& rng) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The chunked PAV against the sequential walk.
+
+// Runs the chunks last to first: the solves must not depend on their order.
+struct ReversedChunks {
+  template <class F>
+  void operator()(int32_t count, const F& f) const {
+    for (int32_t c = count - 1; c >= 0; --c) f(c);
+  }
+};
+
+// Same block ids, and outputs within 8 ulps of T of the row's largest |output|, plus n ulps of double of the
+// inputs' scale `in_scale`: the statistics are merged in another order (each merge rounds once in double, and a
+// mean of +-1e200 that cancels keeps that rounding), while ties within kTieUlps are decided the same either way.
+template <class T>
+void compare_chunked(const std::vector<T>& expected, const std::vector<T>& got, const std::vector<int32_t>& ids,
+                     const std::vector<int32_t>& got_ids, Real in_scale, const std::string& label) {
+  Real scale = 0;
+  for (T v : expected) scale = std::max(scale, std::fabs(static_cast<Real>(v)));
+  const Real n = static_cast<Real>(expected.size());
+  const Real tol = 8 * std::numeric_limits<T>::epsilon() * scale + n * DBL_EPSILON * in_scale;
+  Real worst = 0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    worst = std::max(worst, std::fabs(static_cast<Real>(expected[i]) - static_cast<Real>(got[i])));
+  }
+  check(ids == got_ids, label + ": block ids differ from the sequential walk's");
+  check(worst <= tol, label + ": outputs differ from the sequential walk's by " + std::to_string(double(worst / tol)) +
+                          " tolerances");
+}
+
+template <class T, class Reg>
+void check_chunked_row(const std::vector<T>& x, int32_t topk, double epsilon, const std::string& label) {
+  const int32_t n = static_cast<int32_t>(x.size());
+  const std::vector<int32_t> perm = stable_descending(x);
+  std::vector<T> sorted(n);
+  for (int32_t i = 0; i < n; ++i) sorted[i] = x[perm[i]];
+  std::vector<int32_t> start(n), seq_block(n, -1), seq_block_out(n, -1);
+  std::vector<typename Reg::Stats> stats(n);
+  std::vector<T> seq_scores(n), seq_sort(n);
+  const otsort::Target w{n, topk};
+  otsort::project_scores_row<Reg>(n, sorted.data(), perm.data(), epsilon, w, start.data(), stats.data(),
+                                  seq_scores.data(), seq_block.data());
+  std::vector<int32_t> seq_sort_in(n, -1);
+  otsort::project_sort_row<Reg>(n, sorted.data(), perm.data(), epsilon, start.data(), stats.data(), seq_sort.data(),
+                                seq_sort_in.data(), seq_block_out.data());
+  // The scale of the statistics: a = x / epsilon and b = w for the scores, a = rho / epsilon and b = x for the sort.
+  const Real x_scale = max_abs_finite(std::vector<Real>(sorted.begin(), sorted.end()));
+  const Real scores_scale = x_scale / epsilon + n, sort_scale = x_scale + n / epsilon;
+  for (int32_t chunk_len : {1, 2, 3, 7, std::max(1, n / 2), n}) {
+    const std::string what = label + " chunk=" + std::to_string(chunk_len);
+    std::vector<otsort::StackSegment> segments(otsort::num_chunks(n, chunk_len), otsort::StackSegment{-1, -1});
+    std::vector<int32_t> block(n, -1), block_in(n, -1), block_out(n, -1);
+    std::vector<T> scores(n, T(-12345));
+    otsort::project_scores_row_chunked<Reg>(n, sorted.data(), perm.data(), epsilon, w, chunk_len, start.data(),
+                                            stats.data(), segments.data(), ReversedChunks{}, scores.data(),
+                                            block.data());
+    compare_chunked(seq_scores, scores, seq_block, block, scores_scale, "scores " + what);
+    // The sort as the CPU handler runs it: `out` is the sorted row itself.
+    std::vector<T> inplace = sorted;
+    otsort::project_sort_row_chunked<Reg>(n, inplace.data(), perm.data(), epsilon, chunk_len, start.data(),
+                                          stats.data(), segments.data(), ReversedChunks{}, inplace.data(),
+                                          block_in.data(), block_out.data());
+    compare_chunked(seq_sort, inplace, seq_block_out, block_out, sort_scale, "sort " + what);
+    check(block_in == seq_sort_in, "sort " + what + ": block_in differs from the sequential walk's");
+  }
+}
+
+template <class T>
+void check_chunked(std::mt19937_64& rng) {
+  for (int32_t n : {1, 2, 3, 5, 17, 64, 200, 1000, 5000}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      const std::vector<T> x = random_row<T>(rng, n, kind);
+      const int32_t k = std::uniform_int_distribution<int32_t>(1, n)(rng);
+      const double epsilon = std::pow(10.0, std::uniform_real_distribution<double>(-3.0, 3.0)(rng));
+      for (int32_t topk : {0, k}) {
+        const std::string tail = " eps=" + std::to_string(epsilon);
+        const char* type = type_name<T>();
+        check_chunked_row<T, otsort::L2>(x, topk, epsilon, row_label("chunked", "l2", type, n, kind, topk) + tail);
+        check_chunked_row<T, otsort::KL>(x, topk, epsilon, row_label("chunked", "kl", type, n, kind, topk) + tail);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -373,6 +461,8 @@ int main() {
   check_sorts<double>(rng);
   check_projections<float>(rng);
   check_projections<double>(rng);
+  check_chunked<float>(rng);
+  check_chunked<double>(rng);
   std::printf("core_test: %" PRId64 " checks, %" PRId64 " failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

@@ -242,6 +242,154 @@ OTSORT_HD void for_each_position(int32_t n, int32_t num_blocks, const int32_t* s
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Within-row parallel PAV. A row is cut into chunks of consecutive positions; each chunk is solved alone
+// (solve_chunk), then the solutions are joined left to right (join_stacks): the blocks of a solved chunk do not
+// violate each other, so only blocks at the junction can pool, and pushing the right chunk's blocks in order onto
+// the left stack with the same pool loop (Reg::pool_if_violated of the top with the incoming block) finds the
+// sequential walk's blocks. The merges run in another order than the walk's, so the statistics agree up to rounding.
+// A chunk's stack is never deeper than the chunk, so it lives in the slice of `start` and `stats` at the chunk's own
+// offset and the joined stack is the chunks' segments in order (no copy). Emitting then runs per chunk again.
+
+// The surviving blocks of one chunk: stack entries [begin, end) of `start` and `stats`.
+struct StackSegment {
+  int32_t begin;
+  int32_t end;
+};
+
+// Pool Adjacent Violators on positions [begin, end) alone, its stack at start + begin, stats + begin.
+template <class Reg, class SeqU, class SeqB>
+OTSORT_HD StackSegment solve_chunk(int32_t begin, int32_t end, const SeqU& u, const SeqB& b, double epsilon,
+                                   int32_t* start, typename Reg::Stats* stats) {
+  int32_t m = begin;
+  for (int32_t i = begin; i < end; ++i) {
+    typename Reg::Stats cur = Reg::make(u(i), b(i));
+    int32_t cur_start = i;
+    while (m > begin && Reg::pool_if_violated(stats[m - 1], &cur, epsilon)) {
+      --m;
+      cur_start = start[m];
+    }
+    start[m] = cur_start;
+    stats[m] = cur;
+    ++m;
+  }
+  return {begin, m};
+}
+
+// Joins the solved chunk c onto the joined stack of chunks [0, c), whose last non-empty segment is *top (-1: none).
+// Right block k pooled with anything becomes the only surviving entry of c's consumed part, at slot k, and the next
+// block is compared with it first; a block that pools with nothing ends the join, since the rest of c's blocks are
+// in order after it. O(1 + blocks popped).
+template <class Reg>
+OTSORT_HD void join_stacks(int32_t c, StackSegment* segments, int32_t* top, double epsilon, int32_t* start,
+                           typename Reg::Stats* stats) {
+  StackSegment& right = segments[c];
+  for (int32_t k = right.begin; k < right.end; ++k) {
+    typename Reg::Stats cur = stats[k];
+    int32_t cur_start = start[k];
+    bool pooled_any = false;
+    for (;;) {
+      const bool own = right.begin < k;  // the top is c's previous (merged) block, else the left stack's
+      if (!own && *top < 0) break;
+      const int32_t t = own ? k - 1 : segments[*top].end - 1;
+      if (!Reg::pool_if_violated(stats[t], &cur, epsilon)) break;
+      pooled_any = true;
+      cur_start = start[t];
+      if (own) {
+        ++right.begin;
+      } else {
+        --segments[*top].end;
+        while (*top >= 0 && segments[*top].begin == segments[*top].end) --*top;
+      }
+    }
+    if (!pooled_any) break;
+    start[k] = cur_start;
+    stats[k] = cur;
+  }
+  if (right.begin < right.end) *top = c;
+}
+
+// Calls emit(position, block_start, stats) for the positions [lo, hi) of a row of n solved in segments (in order,
+// some empty), so that disjoint ranges can be emitted concurrently.
+template <class Reg, class Emit>
+OTSORT_HD void for_each_position_in(int32_t lo, int32_t hi, int32_t n, int32_t num_segments,
+                                    const StackSegment* segments, const int32_t* start,
+                                    const typename Reg::Stats* stats, const Emit& emit) {
+  if (lo >= hi) return;
+  // The last non-empty segment whose first block starts at or before lo (the first block of all starts at 0).
+  int32_t s = -1;
+  for (int32_t j = 0; j < num_segments; ++j) {
+    if (segments[j].begin < segments[j].end && start[segments[j].begin] <= lo) s = j;
+  }
+  if (s < 0) return;
+  // Its last block starting at or before lo.
+  int32_t left = segments[s].begin, right = segments[s].end - 1;
+  while (left < right) {
+    const int32_t mid = left + (right - left + 1) / 2;
+    if (start[mid] <= lo) {
+      left = mid;
+    } else {
+      right = mid - 1;
+    }
+  }
+  int32_t k = left;
+  int32_t i = lo;
+  while (i < hi) {
+    int32_t next_segment = s;
+    int32_t block_end;
+    if (k + 1 < segments[s].end) {
+      block_end = start[k + 1];
+    } else {
+      next_segment = s + 1;
+      while (next_segment < num_segments && segments[next_segment].begin == segments[next_segment].end) ++next_segment;
+      block_end = next_segment < num_segments ? start[segments[next_segment].begin] : n;
+    }
+    const int32_t stop = block_end < hi ? block_end : hi;
+    for (; i < stop; ++i) emit(i, start[k], stats[k]);
+    if (next_segment == s) {
+      ++k;
+    } else {
+      s = next_segment;
+      if (s >= num_segments) break;
+      k = segments[s].begin;
+    }
+  }
+}
+
+// Runs f(c) for c in [0, count) one after the other; a handler passes a functor with the same call that runs them
+// concurrently (and returns when all are done).
+struct SequentialChunks {
+  template <class F>
+  OTSORT_HD void operator()(int32_t count, const F& f) const {
+    for (int32_t c = 0; c < count; ++c) f(c);
+  }
+};
+
+// Chunks of chunk_len positions (the last one shorter) for a row of n; `segments` needs one entry per chunk.
+OTSORT_HD int32_t num_chunks(int32_t n, int32_t chunk_len) {
+  return static_cast<int32_t>((static_cast<int64_t>(n) + chunk_len - 1) / chunk_len);
+}
+
+// PAV by chunks, then emit(position, block_start, stats) for every position. The pooling (solve, join) is finished
+// before the first emit, so emit may overwrite what u and b read.
+template <class Reg, class SeqU, class SeqB, class ForEachChunk, class Emit>
+OTSORT_HD void pool_and_emit_chunked(int32_t n, int32_t chunk_len, const SeqU& u, const SeqB& b, double epsilon,
+                                     int32_t* start, typename Reg::Stats* stats, StackSegment* segments,
+                                     const ForEachChunk& for_each_chunk, const Emit& emit) {
+  const int32_t chunks = num_chunks(n, chunk_len);
+  auto chunk_end = [&](int32_t c) {
+    return static_cast<int32_t>(static_cast<int64_t>(c + 1) * chunk_len < n ? (c + 1) * chunk_len : n);
+  };
+  for_each_chunk(chunks, [&](int32_t c) {
+    segments[c] = solve_chunk<Reg>(c * chunk_len, chunk_end(c), u, b, epsilon, start, stats);
+  });
+  int32_t top = 0;
+  for (int32_t c = 1; c < chunks; ++c) join_stacks<Reg>(c, segments, &top, epsilon, start, stats);
+  for_each_chunk(chunks, [&](int32_t c) {
+    for_each_position_in<Reg>(c * chunk_len, chunk_end(c), n, chunks, segments, start, stats, emit);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // The two projections of the paper, one row each, in the sorted domain. `sorted` holds the row in decreasing
 // order and `perm[i]` the input position of sorted[i]. Block ids are the sorted position where a block starts.
 // Workspace: `start` and `stats` of n entries each.
@@ -281,9 +429,13 @@ OTSORT_HD double scores_row_scale(double top) {
 // (see Units above), so no finite x and positive epsilon overflow. P depends on x / epsilon only, so a row scaled
 // by a power of two (scores_row_scale) is projected with epsilon scaled alike. out and block are in input order.
 // KL runs as KLScores here (plain target sums); `stats` has room for it, as KLScores::Stats is no larger.
-template <class Reg, class T>
-OTSORT_HD void project_scores_row(int32_t n, const T* sorted, const int32_t* perm, double epsilon, Target w,
-                                  int32_t* start, typename Reg::Stats* stats, T* out, int32_t* block) {
+// The chunked form pools by chunks of chunk_len (see Within-row parallel PAV), `segments` holding one entry per
+// chunk, and runs the chunks through for_each_chunk.
+template <class Reg, class T, class ForEachChunk>
+OTSORT_HD void project_scores_row_chunked(int32_t n, const T* sorted, const int32_t* perm, double epsilon, Target w,
+                                          int32_t chunk_len, int32_t* start, typename Reg::Stats* stats,
+                                          StackSegment* segments, const ForEachChunk& for_each_chunk, T* out,
+                                          int32_t* block) {
   if (n == 0) return;
   const double scale = scores_row_scale(largest_magnitude(n, sorted));
   const double eps = fmin(fmax(epsilon * scale, DBL_MIN), DBL_MAX);
@@ -291,39 +443,60 @@ OTSORT_HD void project_scores_row(int32_t n, const T* sorted, const int32_t* per
   if constexpr (Reg::kLogDomain) {
     static_assert(sizeof(KLScores::Stats) <= sizeof(typename Reg::Stats), "the stack must hold KLScores");
     auto* s = reinterpret_cast<KLScores::Stats*>(stats);
-    const int32_t m = pool_adjacent_violators<KLScores>(n, x, w, eps, start, s);
-    for_each_position<KLScores>(n, m, start, s, [&](int32_t i, int32_t block_start, const KLScores::Stats& b) {
-      out[perm[i]] = static_cast<T>(KLScores::projection(x(i), b, eps));
-      block[perm[i]] = block_start;
-    });
+    pool_and_emit_chunked<KLScores>(n, chunk_len, x, w, eps, start, s, segments, for_each_chunk,
+                                    [&](int32_t i, int32_t block_start, const KLScores::Stats& b) {
+                                      out[perm[i]] = static_cast<T>(KLScores::projection(x(i), b, eps));
+                                      block[perm[i]] = block_start;
+                                    });
   } else {
-    const int32_t m = pool_adjacent_violators<Reg>(n, x, w, eps, start, stats);
-    for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
-      out[perm[i]] = static_cast<T>(Reg::solution(x(i), s, eps));
-      block[perm[i]] = block_start;
-    });
+    pool_and_emit_chunked<Reg>(n, chunk_len, x, w, eps, start, stats, segments, for_each_chunk,
+                               [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
+                                 out[perm[i]] = static_cast<T>(Reg::solution(x(i), s, eps));
+                                 block[perm[i]] = block_start;
+                               });
   }
+}
+
+// The sequential walk: one chunk.
+template <class Reg, class T>
+OTSORT_HD void project_scores_row(int32_t n, const T* sorted, const int32_t* perm, double epsilon, Target w,
+                                  int32_t* start, typename Reg::Stats* stats, T* out, int32_t* block) {
+  StackSegment segment;
+  project_scores_row_chunked<Reg>(n, sorted, perm, epsilon, w, n, start, stats, &segment, SequentialChunks{}, out,
+                                  block);
 }
 
 // Soft sort, P(rho / epsilon, s) for the row s: rho / epsilon projected onto the permutahedron of s, in rho units.
 // L2 scales a row with huge values: P(rho / epsilon, s) = P(rho / (epsilon / c), c s) / c. (KL has no difference
 // of two x's outside a log-sum-exp's max, which stays within the row's range.)
 // out and block_out are in sorted order, block_in in input order. `out` may be `sorted` itself: sorted[i] is read
-// only before out[i] is written (the pooling pass and largest_magnitude read it; the emit pass does not).
-template <class Reg, class T>
-OTSORT_HD void project_sort_row(int32_t n, const T* sorted, const int32_t* perm, double epsilon, int32_t* start,
-                                typename Reg::Stats* stats, T* out, int32_t* block_in, int32_t* block_out) {
+// only before out[i] is written (the pooling passes and largest_magnitude read it, all before the first emit; the
+// emit pass does not). Chunked as project_scores_row_chunked.
+template <class Reg, class T, class ForEachChunk>
+OTSORT_HD void project_sort_row_chunked(int32_t n, const T* sorted, const int32_t* perm, double epsilon,
+                                        int32_t chunk_len, int32_t* start, typename Reg::Stats* stats,
+                                        StackSegment* segments, const ForEachChunk& for_each_chunk, T* out,
+                                        int32_t* block_in, int32_t* block_out) {
   if (n == 0) return;
   const double scale = Reg::kLogDomain ? 1.0 : huge_row_scale(largest_magnitude(n, sorted));
   const double eps = fmin(epsilon / scale, DBL_MAX);
   auto rho = [&](int32_t i) { return static_cast<double>(n - i); };
   auto b = [&](int32_t i) { return static_cast<double>(sorted[i]) * scale; };
-  const int32_t m = pool_adjacent_violators<Reg>(n, rho, b, eps, start, stats);
-  for_each_position<Reg>(n, m, start, stats, [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
-    out[i] = static_cast<T>(Reg::solution(rho(i), s, eps) / scale);
-    block_out[i] = block_start;
-    block_in[perm[i]] = block_start;
-  });
+  pool_and_emit_chunked<Reg>(n, chunk_len, rho, b, eps, start, stats, segments, for_each_chunk,
+                             [&](int32_t i, int32_t block_start, const typename Reg::Stats& s) {
+                               out[i] = static_cast<T>(Reg::solution(rho(i), s, eps) / scale);
+                               block_out[i] = block_start;
+                               block_in[perm[i]] = block_start;
+                             });
+}
+
+// The sequential walk: one chunk.
+template <class Reg, class T>
+OTSORT_HD void project_sort_row(int32_t n, const T* sorted, const int32_t* perm, double epsilon, int32_t* start,
+                                typename Reg::Stats* stats, T* out, int32_t* block_in, int32_t* block_out) {
+  StackSegment segment;
+  project_sort_row_chunked<Reg>(n, sorted, perm, epsilon, n, start, stats, &segment, SequentialChunks{}, out,
+                                block_in, block_out);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -182,6 +182,43 @@ template <class Body>
   return !state->out_of_memory.load();
 }
 
+// Runs f(task) for task in [0, count) on the calling thread and on the pool, by the protocol of parallel_rows (one
+// task per claim, no scratch): safe to call from a row that itself runs on the pool.
+template <class F>
+void parallel_tasks(ffi::ThreadPool& pool, int64_t count, const F& f) {
+  constexpr int64_t kOneTaskPerClaim = int64_t{1} << 30;  // a "row length" that makes parallel_rows claim one at a time
+  const bool done = parallel_rows(pool, count, kOneTaskPerClaim, 0, [&](int64_t task, char*) { f(task); });
+  (void)done;  // no scratch is asked for, so none can be missing
+}
+
+// A row of at least this many elements is pooled by chunks in parallel (pav_core.h, Within-row parallel PAV) when
+// the rows alone leave threads of the pool idle. Below it, a row's PAV takes well under a millisecond and the
+// scheduling would cost a noticeable part of it. The environment variable OTSORT_PAV_CHUNK_MIN, read once when the
+// library is loaded, overrides it (0 or a negative value: never chunk), for benchmarks and tests.
+constexpr int64_t kDefaultChunkMin = int64_t{1} << 16;
+// Chunks are at least this long, so that the sequential joins (O(chunks + blocks popped)) stay small.
+constexpr int32_t kMinChunkLen = 1 << 13;
+// Chunks per worker of a row: a few, so that a worker done early takes another instead of idling.
+constexpr int64_t kChunksPerWorker = 4;
+
+int64_t chunk_min_from_environment() {
+  const char* text = std::getenv("OTSORT_PAV_CHUNK_MIN");
+  if (text == nullptr || *text == '\0') return kDefaultChunkMin;
+  const long long value = std::strtoll(text, nullptr, 10);
+  return value > 0 ? value : std::numeric_limits<int64_t>::max();
+}
+
+const int64_t kChunkMin = chunk_min_from_environment();
+
+// The chunk length for a row of n among `rows`, or 0 to run the sequential walk.
+int32_t chunk_length(const ffi::ThreadPool& pool, int64_t rows, int32_t n) {
+  const int64_t workers = static_cast<int64_t>(pool.num_threads()) + 1;  // the pool and the calling thread
+  if (n < kChunkMin || rows >= workers) return 0;
+  const int64_t workers_per_row = (workers + rows - 1) / rows;
+  const int64_t chunks = workers_per_row * kChunksPerWorker;
+  return static_cast<int32_t>(std::max<int64_t>(kMinChunkLen, (n + chunks - 1) / chunks));
+}
+
 ffi::Error out_of_memory(size_t bytes_per_thread) {
   return ffi::Error(ffi::ErrorCode::kResourceExhausted,
                     "otsort PAV kernel: could not allocate " + std::to_string(bytes_per_thread) + " bytes of scratch");
@@ -266,6 +303,9 @@ ffi::Error scores_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, int32_t t
                        T* out, int32_t* block) {
   using Layout = ScoresRowScratch<T, Reg>;
   const size_t bytes = Layout(nullptr, n).bytes;
+  // Each chunk's stack is the slice of the row's stack at its offset: no scratch beyond the segments.
+  const int32_t chunk_len = chunk_length(pool, rows, n);
+  auto for_each_chunk = [&pool](int32_t count, const auto& f) { parallel_tasks(pool, count, f); };
   const bool done = parallel_rows(pool, rows, n, bytes, [&](int64_t r, char* scratch) {
     const T* xr = x + r * n;
     T* out_r = out + r * n;
@@ -275,7 +315,13 @@ ffi::Error scores_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, int32_t t
     }
     const Layout s(scratch, n);
     sort_descending(n, xr, s.sorted, s.perm, s.keys(), s.keys_tmp(), s.perm_tmp());
-    project_scores_row<Reg>(n, s.sorted, s.perm, epsilon[r], Target{n, topk}, s.start, s.stats, out_r, block_r);
+    if (chunk_len == 0) {
+      return project_scores_row<Reg>(n, s.sorted, s.perm, epsilon[r], Target{n, topk}, s.start, s.stats, out_r,
+                                     block_r);
+    }
+    std::vector<StackSegment> segments(num_chunks(n, chunk_len));
+    project_scores_row_chunked<Reg>(n, s.sorted, s.perm, epsilon[r], Target{n, topk}, chunk_len, s.start, s.stats,
+                                    segments.data(), for_each_chunk, out_r, block_r);
   });
   return done ? ffi::Error::Success() : out_of_memory(bytes);
 }
@@ -285,6 +331,9 @@ ffi::Error sort_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, const T* x,
                      int32_t* block_in, int32_t* block_out) {
   using Layout = SortRowScratch<T, Reg>;
   const size_t bytes = Layout(nullptr, n).bytes;
+  // Each chunk's stack is the slice of the row's stack at its offset: no scratch beyond the segments.
+  const int32_t chunk_len = chunk_length(pool, rows, n);
+  auto for_each_chunk = [&pool](int32_t count, const auto& f) { parallel_tasks(pool, count, f); };
   const bool done = parallel_rows(pool, rows, n, bytes, [&](int64_t r, char* scratch) {
     const T* xr = x + r * n;
     T* out_r = out + r * n;
@@ -293,7 +342,12 @@ ffi::Error sort_rows(ffi::ThreadPool& pool, int64_t rows, int32_t n, const T* x,
     if (!all_finite(n, xr) || !valid_epsilon(epsilon[r])) return fill_invalid_row(n, out_r, in_r, out_block_r);
     const Layout s(scratch, n);
     sort_descending(n, xr, out_r, s.perm, reinterpret_cast<KeyOf<T>*>(out_r), s.keys_tmp(), s.perm_tmp());
-    project_sort_row<Reg>(n, out_r, s.perm, epsilon[r], s.start, s.stats, out_r, in_r, out_block_r);
+    if (chunk_len == 0) {
+      return project_sort_row<Reg>(n, out_r, s.perm, epsilon[r], s.start, s.stats, out_r, in_r, out_block_r);
+    }
+    std::vector<StackSegment> segments(num_chunks(n, chunk_len));
+    project_sort_row_chunked<Reg>(n, out_r, s.perm, epsilon[r], chunk_len, s.start, s.stats, segments.data(),
+                                  for_each_chunk, out_r, in_r, out_block_r);
   });
   return done ? ffi::Error::Success() : out_of_memory(bytes);
 }
