@@ -617,7 +617,15 @@ def spearman_boosting_objective(
     >>> grad.shape, bool(np.all(hess > 0))
     ((6,), True)
 
-    With xgboost: ``xgboost.train({"tree_method": "hist"}, xgboost.DMatrix(X, y), 100, obj=obj)``.
+    With xgboost: ``xgboost.train({"tree_method": "hist"}, xgboost.DMatrix(X, y, base_margin=m0), 100, obj=obj)``.
+
+  Start from predictions that are not all equal (``base_margin`` in xgboost, ``init_score`` of the
+  ``lightgbm.Dataset``; e.g. ``m0 = 1e-2 * rng.standard_normal(n)`` or a simple model's predictions): at constant
+  predictions every soft rank is tied, the correlation is 0 / 0 and its gradient vanishes (mean ``|grad|`` 3e-7
+  with the Hessian's mean 1 on 12 eras of 120 rows), so boosting from the libraries' constant start does not move
+  (xgboost's float32 margins round the first steps away; lightgbm creeps). ``tests/test_boosting.py`` trains
+  both for 25 rounds on synthetic eras: held-out per-era Spearman 0.55 -> 0.75 (lightgbm, 4 leaves) and 0.64 ->
+  0.83 (xgboost, depth 3) from round 1 to 25.
   """
   groups = None if groups is None else _concrete_array("groups", groups)
   if groups is not None and not np.issubdtype(groups.dtype, np.integer):
